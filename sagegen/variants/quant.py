@@ -1,0 +1,64 @@
+"""The quantization family: the passes every attention family runs before its kernel (see sagegen.quant_layout).
+
+  op=stats  one read of K (and of V when V goes to FP8): per-split partial channel sums of K (for smoothing)
+            and partial channel amax of V (for its per-channel FP8 scales).
+  op=qkv    one read of Q, K and V: INT8 Q and K (K smoothed) with scales at run-time granularity, and V cast
+            to fp16 or quantized to FP8 e4m3 transposed.
+Group sizes (tile rows, scales per tile) are run-time arguments, so one compiled variant serves every attention
+tile shape; the head dim and dtypes are compile-time (they set vector widths and register use).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..arch import DEFAULT_ARCHES, MMA_I8
+from ..errors import InvalidVariant
+from ..quant_layout import HEAD_DIMS
+from .spec import KernelSpec, build_valid, word, prefix
+
+CUDA_TYPES = {"f16": "__half", "bf16": "__nv_bfloat16"}
+V_MODES = ("none", "f16", "e4m3t")
+
+
+@dataclass(frozen=True)
+class QuantSpec(KernelSpec):
+    op: str = word("op")
+    x: str = word("x")  # input dtype of q, k, v
+    v: str = word("v")  # what happens to V
+    d: int = prefix("d")  # padded head dim
+
+    family = "quant"
+    template = "quant/quant.cu.j2"
+    requires = (MMA_I8,)  # every target has it; keeps the family honest if one ever doesn't
+
+    THREADS = 256
+
+    def check(self):
+        if self.op not in ("stats", "qkv"):
+            raise InvalidVariant(f"op must be stats or qkv, got {self.op!r}")
+        if self.x not in CUDA_TYPES:
+            raise InvalidVariant(f"x must be one of {sorted(CUDA_TYPES)}, got {self.x!r}")
+        if self.v not in V_MODES:
+            raise InvalidVariant(f"v must be one of {V_MODES}, got {self.v!r}")
+        if self.op == "stats" and self.v == "f16":
+            raise InvalidVariant("stats needs no V unless V goes to FP8 (use v=none)")
+        if self.d not in HEAD_DIMS:
+            raise InvalidVariant(f"d must be one of {HEAD_DIMS}, got {self.d}")
+
+    def context(self):
+        return {"x_type": CUDA_TYPES[self.x], "threads": self.THREADS}
+
+
+def enumerate_variants(arch: str) -> list[QuantSpec]:
+    out = []
+    for op in ("stats", "qkv"):
+        for x in CUDA_TYPES:
+            for v in V_MODES:
+                for d in HEAD_DIMS:
+                    spec = build_valid(QuantSpec, arch=arch, op=op, x=x, v=v, d=d)
+                    if spec is not None:
+                        out.append(spec)
+    return out
+
+
+__all__ = ["QuantSpec", "enumerate_variants", "DEFAULT_ARCHES"]

@@ -1,0 +1,1 @@
+"""Kernel templates and the C++ headers they instantiate (installed as package data)."""

@@ -1,0 +1,61 @@
+// Conversions and packed-vector helpers shared by every kernel family. No CuTe here: this header stays cheap.
+#pragma once
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#include <cuda_fp8.h>
+#include <cuda/std/cstdint>
+using cuda::std::int8_t;
+using cuda::std::int32_t;
+using cuda::std::uint8_t;
+using cuda::std::uint16_t;
+using cuda::std::uint32_t;
+
+namespace sagegen {
+
+// 8 consecutive 16-bit elements = one 16-byte load/store.
+struct alignas(16) Vec8x16 { uint32_t w[4]; };
+
+template <class T> __device__ __forceinline__ float2 to_float2(uint32_t packed);
+template <> __device__ __forceinline__ float2 to_float2<__half>(uint32_t p) {
+  return __half22float2(*reinterpret_cast<const __half2*>(&p));
+}
+template <> __device__ __forceinline__ float2 to_float2<__nv_bfloat16>(uint32_t p) {
+  return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&p));
+}
+
+template <class T> __device__ __forceinline__ void unpack8(const Vec8x16& v, float (&f)[8]) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    float2 t = to_float2<T>(v.w[i]);
+    f[2 * i] = t.x;
+    f[2 * i + 1] = t.y;
+  }
+}
+
+__device__ __forceinline__ uint32_t pack_half2(float a, float b) {
+  __half2 h = __floats2half2_rn(a, b);
+  return *reinterpret_cast<uint32_t*>(&h);
+}
+
+// Round half to even and clamp to [-127, 127], as the emulation does (quant_layout.py).
+__device__ __forceinline__ int32_t to_int8_rn(float x) {
+  int32_t q = __float2int_rn(x);
+  return max(-127, min(127, q));
+}
+
+__device__ __forceinline__ uint32_t pack_int8x4(int32_t a, int32_t b, int32_t c, int32_t d) {
+  return (uint32_t(a) & 0xff) | ((uint32_t(b) & 0xff) << 8) | ((uint32_t(c) & 0xff) << 16) | (uint32_t(d) << 24);
+}
+
+// Two floats -> two e4m3 bytes (round to nearest even, saturating to +-448), low byte = a.
+__device__ __forceinline__ uint16_t pack_e4m3x2(float a, float b) {
+  __nv_fp8x2_storage_t s = __nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3);
+  return static_cast<uint16_t>(s);
+}
+
+// Non-negative floats order like their bit patterns, so amax can use integer atomics in shared memory.
+__device__ __forceinline__ void atomic_max_nonneg(float* addr, float v) {
+  atomicMax(reinterpret_cast<int*>(addr), __float_as_int(v));
+}
+
+}  // namespace sagegen

@@ -1,0 +1,255 @@
+// Quantization passes (see sagegen/quant_layout.py for the contract, sagegen/variants/quant.py for the variants).
+// Plain CUDA C++: memory-bound code gains nothing from CuTe and compiles in ~1 s without it.
+//
+// Both kernels use 256 threads and give each thread one 16-byte vector (8 channels) of a row: a row of D channels
+// is D/8 consecutive threads, a pass covers 2048/D rows, and a CTA walks one 128-row chunk (N_ALIGN) or one split.
+#pragma once
+#include "common/numeric.cuh"
+
+namespace sagegen::quant {
+
+constexpr int kThreads = 256;
+constexpr int kChunk = 128;  // rows per CTA in the qkv pass == N_ALIGN
+
+template <int D> struct RowMap {
+  static constexpr int kVecPerRow = D / 8;
+  static constexpr int kRowsPerPass = kThreads / kVecPerRow;
+  static_assert(kRowsPerPass % 8 == 0, "a pass must cover whole 8-row fragments");
+};
+
+struct Tensor4 {  // one [B, H, N, d] input with a contiguous last dim; strides in elements
+  const void* ptr;
+  long long sb, sh, sn;
+};
+
+template <class T>
+__device__ __forceinline__ Vec8x16 load_row_vec(const Tensor4& t, int b, int h, int row, int ch, int n, int d) {
+  Vec8x16 v{{0u, 0u, 0u, 0u}};
+  if (row < n && ch < d) {
+    const T* p = static_cast<const T*>(t.ptr) + b * t.sb + h * t.sh + row * t.sn + ch;
+    v = *reinterpret_cast<const Vec8x16*>(p);
+  }
+  return v;
+}
+
+// ---- pass 1: per-split channel sums of K and channel amax of V ------------------------------------------------
+template <class T, int D, bool kWithV>
+__device__ void stats(Tensor4 k, Tensor4 v, int H, int n, int d, int rows_per_split, float* ksum, float* vamax) {
+  using M = RowMap<D>;
+  __shared__ float red[2][M::kRowsPerPass][D];
+  const int split = blockIdx.x, h = blockIdx.y, b = blockIdx.z, splits = gridDim.x;
+  const int cv = threadIdx.x % M::kVecPerRow, r0 = threadIdx.x / M::kVecPerRow, ch = cv * 8;
+  const int row_end = min(n, (split + 1) * rows_per_split);
+  float s[8] = {}, m[8] = {};
+  for (int row = split * rows_per_split + r0; row < row_end; row += M::kRowsPerPass) {
+    float f[8];
+    unpack8<T>(load_row_vec<T>(k, b, h, row, ch, n, d), f);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) s[i] += f[i];
+    if constexpr (kWithV) {
+      unpack8<T>(load_row_vec<T>(v, b, h, row, ch, n, d), f);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) m[i] = fmaxf(m[i], fabsf(f[i]));
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    red[0][r0][ch + i] = s[i];
+    red[1][r0][ch + i] = m[i];
+  }
+  __syncthreads();
+  const long long out = ((long long)(b * H + h) * splits + split) * D;
+  for (int c = threadIdx.x; c < D; c += kThreads) {
+    float acc = 0.f, mx = 0.f;
+    for (int r = 0; r < M::kRowsPerPass; ++r) {  // fixed order: deterministic sums
+      acc += red[0][r][c];
+      mx = fmaxf(mx, red[1][r][c]);
+    }
+    ksum[out + c] = acc;
+    if constexpr (kWithV) vamax[out + c] = mx;
+  }
+}
+
+// ---- pass 2: INT8 Q, INT8 smoothed K, V cast or FP8-transposed ---------------------------------------------------
+struct QkvArgs {
+  Tensor4 q, k, v;
+  int Hq, Hkv, n, d, n_pad;
+  int q_tile, q_sub, k_tile, k_sub;  // ScaleGroups of Q and K
+  int splits;                        // of the stats pass
+  const float* ksum;                 // [B, Hkv, splits, D]
+  const float* vamax;                // [B, Hkv, splits, D] (FP8 V only)
+  int8_t* q8; float* q_scale;        // [B, Hq, n_pad, D], [B, Hq, n_pad/q_tile*q_sub]
+  int8_t* k8; float* k_scale;
+  void* v_out; float* v_scale;       // fp16 [B, Hkv, n_pad, D] or e4m3 [B, Hkv, D, n_pad] + [B, Hkv, D]
+  float* qk_bias;                    // optional [B, Hq, n]: q . mean(k), to restore the LSE after smoothing
+};
+
+__device__ __forceinline__ int scale_index(int row, int tile, int sub) {
+  return (row / tile) * sub + (row % 8) / (8 / sub);
+}
+
+// Channel means of K for this thread's 8 channels, from the stats partials (fixed summation order).
+template <int D>
+__device__ __forceinline__ void k_mean(const QkvArgs& a, int b, int hk, int ch, float (&mean)[8]) {
+  const float* p = a.ksum + (long long)(b * a.Hkv + hk) * a.splits * D + ch;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) mean[i] = 0.f;
+  for (int s = 0; s < a.splits; ++s) {
+    float4 lo = *reinterpret_cast<const float4*>(p + s * D), hi = *reinterpret_cast<const float4*>(p + s * D + 4);
+    mean[0] += lo.x; mean[1] += lo.y; mean[2] += lo.z; mean[3] += lo.w;
+    mean[4] += hi.x; mean[5] += hi.y; mean[6] += hi.z; mean[7] += hi.w;
+  }
+  const float inv_n = 1.f / float(a.n);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) mean[i] *= inv_n;
+}
+
+// Sum over the D/8 lanes that hold one row (they are consecutive lanes of one warp).
+template <int D> __device__ __forceinline__ float row_sum(float x) {
+#pragma unroll
+  for (int o = RowMap<D>::kVecPerRow / 2; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+template <int D> __device__ __forceinline__ float row_max(float x) {
+#pragma unroll
+  for (int o = RowMap<D>::kVecPerRow / 2; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+  return x;
+}
+
+// One 128-row chunk of Q (smooth = false) or K (smooth = true) -> int8 + per-group scales.
+template <class T, int D>
+__device__ void quantize_int8_chunk(const QkvArgs& a, const Tensor4& x, int H, int chunk_id, bool is_k,
+                                    int8_t* out, float* scale, int tile, int sub) {
+  using M = RowMap<D>;
+  constexpr int kPasses = kChunk / M::kRowsPerPass;
+  __shared__ float group_amax[kChunk];  // at most 128 groups in a chunk (tile 8, sub 8)
+  const int chunks = a.n_pad / kChunk;
+  const int bh = chunk_id / chunks, chunk = chunk_id % chunks, b = bh / H, h = bh % H;
+  const int cv = threadIdx.x % M::kVecPerRow, r0 = threadIdx.x / M::kVecPerRow, ch = cv * 8;
+  const int groups = kChunk / tile * sub;
+  for (int g = threadIdx.x; g < groups; g += kThreads) group_amax[g] = 0.f;
+
+  float mean[8] = {};
+  const int hk = is_k ? h : h / (a.Hq / a.Hkv);
+  if (is_k || a.qk_bias != nullptr) k_mean<D>(a, b, hk, ch, mean);
+  __syncthreads();
+
+  Vec8x16 raw[kPasses];
+#pragma unroll
+  for (int p = 0; p < kPasses; ++p) raw[p] = load_row_vec<T>(x, b, h, chunk * kChunk + r0 + p * M::kRowsPerPass, ch, a.n, a.d);
+#pragma unroll
+  for (int p = 0; p < kPasses; ++p) {
+    const int lrow = r0 + p * M::kRowsPerPass, row = chunk * kChunk + lrow;
+    float f[8], amax = 0.f, dot = 0.f;
+    unpack8<T>(raw[p], f);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const bool live = row < a.n && ch + i < a.d;
+      if (is_k) f[i] = live ? f[i] - mean[i] : 0.f;
+      else dot += f[i] * mean[i];
+      amax = fmaxf(amax, fabsf(f[i]));
+    }
+    amax = row_max<D>(amax);
+    if (!is_k && a.qk_bias != nullptr) {
+      dot = row_sum<D>(dot);
+      if (cv == 0 && row < a.n) a.qk_bias[(long long)bh * a.n + row] = dot;
+    }
+    if (cv == 0) atomic_max_nonneg(&group_amax[scale_index(lrow, tile, sub)], amax);
+  }
+  __syncthreads();
+  const long long row_base = (long long)bh * a.n_pad + chunk * kChunk;
+#pragma unroll
+  for (int p = 0; p < kPasses; ++p) {
+    const int lrow = r0 + p * M::kRowsPerPass, row = chunk * kChunk + lrow;
+    const float amax = group_amax[scale_index(lrow, tile, sub)];
+    const float inv = amax > 0.f ? 127.f / amax : 0.f;
+    float f[8];
+    unpack8<T>(raw[p], f);
+    int32_t qv[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const bool live = row < a.n && ch + i < a.d;
+      const float xv = is_k ? f[i] - mean[i] : f[i];
+      qv[i] = live ? to_int8_rn(xv * inv) : 0;
+    }
+    uint2 packed = make_uint2(pack_int8x4(qv[0], qv[1], qv[2], qv[3]), pack_int8x4(qv[4], qv[5], qv[6], qv[7]));
+    *reinterpret_cast<uint2*>(out + (row_base + lrow) * D + ch) = packed;
+  }
+  const long long scale_base = (long long)bh * (a.n_pad / tile * sub) + chunk * groups;
+  for (int g = threadIdx.x; g < groups; g += kThreads) scale[scale_base + g] = group_amax[g] / 127.f;
+}
+
+template <class T, int D>
+__device__ void cast_v_f16_chunk(const QkvArgs& a, int chunk_id) {
+  using M = RowMap<D>;
+  const int chunks = a.n_pad / kChunk;
+  const int bh = chunk_id / chunks, chunk = chunk_id % chunks, b = bh / a.Hkv, h = bh % a.Hkv;
+  const int cv = threadIdx.x % M::kVecPerRow, r0 = threadIdx.x / M::kVecPerRow, ch = cv * 8;
+  __half* out = static_cast<__half*>(a.v_out) + ((long long)bh * a.n_pad + chunk * kChunk) * D;
+#pragma unroll 4
+  for (int lrow = r0; lrow < kChunk; lrow += M::kRowsPerPass) {
+    float f[8];
+    unpack8<T>(load_row_vec<T>(a.v, b, h, chunk * kChunk + lrow, ch, a.n, a.d), f);
+    Vec8x16 o;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) o.w[i] = pack_half2(f[2 * i], f[2 * i + 1]);
+    *reinterpret_cast<Vec8x16*>(out + lrow * D + ch) = o;
+  }
+}
+
+template <class T, int D>
+__device__ void quantize_v_e4m3t_chunk(const QkvArgs& a, int chunk_id) {
+  using M = RowMap<D>;
+  constexpr int kPitch = kChunk + 16;  // bytes per smem row; the pad spreads the transposed writes over banks
+  __shared__ __align__(16) uint8_t tile[D][kPitch];
+  __shared__ float inv_scale[D];
+  const int chunks = a.n_pad / kChunk;
+  const int bh = chunk_id / chunks, chunk = chunk_id % chunks, b = bh / a.Hkv, h = bh % a.Hkv;
+  for (int c = threadIdx.x; c < D; c += kThreads) {
+    float mx = 0.f;
+    const float* p = a.vamax + (long long)bh * a.splits * D + c;
+    for (int s = 0; s < a.splits; ++s) mx = fmaxf(mx, p[s * D]);
+    inv_scale[c] = mx > 0.f ? 448.f / mx : 0.f;
+    if (chunk == 0) a.v_scale[(long long)bh * D + c] = mx / 448.f;
+  }
+  __syncthreads();
+  const int cv = threadIdx.x % M::kVecPerRow, r0 = threadIdx.x / M::kVecPerRow, ch = cv * 8;
+#pragma unroll 4
+  for (int lrow = r0; lrow < kChunk; lrow += M::kRowsPerPass) {
+    float f[8];
+    unpack8<T>(load_row_vec<T>(a.v, b, h, chunk * kChunk + lrow, ch, a.n, a.d), f);
+#pragma unroll
+    for (int i = 0; i < 8; i += 2) {
+      uint16_t two = pack_e4m3x2(f[i] * inv_scale[ch + i], f[i + 1] * inv_scale[ch + i + 1]);
+      tile[ch + i][lrow] = uint8_t(two & 0xff);
+      tile[ch + i + 1][lrow] = uint8_t(two >> 8);
+    }
+  }
+  __syncthreads();
+  uint8_t* out = static_cast<uint8_t*>(a.v_out) + (long long)bh * D * a.n_pad + chunk * kChunk;
+  for (int i = threadIdx.x; i < D * (kChunk / 16); i += kThreads) {
+    const int c = i / (kChunk / 16), seg = i % (kChunk / 16);
+    *reinterpret_cast<uint4*>(out + (long long)c * a.n_pad + seg * 16) =
+        *reinterpret_cast<const uint4*>(&tile[c][seg * 16]);
+  }
+}
+
+// blockIdx.y picks the tensor (0 = Q, 1 = K, 2 = V); blockIdx.x walks its 128-row chunks over (batch, head).
+template <class T, int D, int kVMode>  // kVMode: 0 none, 1 fp16, 2 e4m3 transposed
+__device__ void qkv(const QkvArgs& a) {
+  const int chunks = a.n_pad / kChunk;  // grid.z carries the batch, so grid.x stays small
+  if (blockIdx.y == 0) {
+    if (blockIdx.x >= a.Hq * chunks) return;
+    quantize_int8_chunk<T, D>(a, a.q, a.Hq, blockIdx.z * a.Hq * chunks + blockIdx.x, false, a.q8, a.q_scale, a.q_tile, a.q_sub);
+  } else if (blockIdx.y == 1) {
+    if (blockIdx.x >= a.Hkv * chunks) return;
+    quantize_int8_chunk<T, D>(a, a.k, a.Hkv, blockIdx.z * a.Hkv * chunks + blockIdx.x, true, a.k8, a.k_scale, a.k_tile, a.k_sub);
+  } else {
+    if (kVMode == 0 || blockIdx.x >= a.Hkv * chunks) return;
+    const int id = blockIdx.z * a.Hkv * chunks + blockIdx.x;
+    if constexpr (kVMode == 1) cast_v_f16_chunk<T, D>(a, id);
+    if constexpr (kVMode == 2) quantize_v_e4m3t_chunk<T, D>(a, id);
+  }
+}
+
+}  // namespace sagegen::quant
