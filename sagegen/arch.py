@@ -32,6 +32,7 @@ class Arch:
     minor: int
     nvrtc_arch: str  # what NVRTC's -arch takes, e.g. "sm_90a"
     smem_per_block: int  # bytes of shared memory one block may opt in to
+    smem_per_sm: int  # bytes of shared memory per SM (bounds how many CTAs share one)
     features: frozenset
 
     @property
@@ -46,13 +47,13 @@ class Arch:
 ARCHES: dict[str, Arch] = {
     a.name: a
     for a in (
-        Arch("sm80", 8, 0, "sm_80", 163 * 1024, _AMPERE),
-        Arch("sm86", 8, 6, "sm_86", 99 * 1024, _AMPERE),
-        Arch("sm89", 8, 9, "sm_89", 99 * 1024, _ADA),
-        Arch("sm90a", 9, 0, "sm_90a", 227 * 1024, _ADA | {WGMMA, TMA}),
-        Arch("sm100a", 10, 0, "sm_100a", 227 * 1024, _ADA | {TMA, TCGEN05}),
-        Arch("sm120a", 12, 0, "sm_120a", 99 * 1024, _ADA | {TMA, MMA_NVFP4}),
-        Arch("sm121a", 12, 1, "sm_121a", 99 * 1024, _ADA | {TMA, MMA_NVFP4}),
+        Arch("sm80", 8, 0, "sm_80", 163 * 1024, 164 * 1024, _AMPERE),
+        Arch("sm86", 8, 6, "sm_86", 99 * 1024, 100 * 1024, _AMPERE),
+        Arch("sm89", 8, 9, "sm_89", 99 * 1024, 100 * 1024, _ADA),
+        Arch("sm90a", 9, 0, "sm_90a", 227 * 1024, 228 * 1024, _ADA | {WGMMA, TMA}),
+        Arch("sm100a", 10, 0, "sm_100a", 227 * 1024, 228 * 1024, _ADA | {TMA, TCGEN05}),
+        Arch("sm120a", 12, 0, "sm_120a", 99 * 1024, 100 * 1024, _ADA | {TMA, MMA_NVFP4}),
+        Arch("sm121a", 12, 1, "sm_121a", 99 * 1024, 100 * 1024, _ADA | {TMA, MMA_NVFP4}),
     )
 }
 

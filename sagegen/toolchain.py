@@ -25,6 +25,19 @@ def _package_dir(module: str) -> Path | None:
     return Path(locs[0]) if locs else Path(spec.origin).parent
 
 
+def _namespace_dirs(module: str) -> list[Path]:
+    spec = importlib.util.find_spec(module)
+    return [Path(p) for p in (spec.submodule_search_locations or [])] if spec else []
+
+
+def _first_with(roots: list[Path], subdirs: tuple[str, ...], marker: str) -> Path | None:
+    for root in roots:
+        for sub in subdirs:
+            if (root / sub / marker).is_file():
+                return root / sub
+    return None
+
+
 @functools.cache
 def templates_dir() -> Path:
     """The templates/ folder: the repo's top-level one when running from a checkout, else the installed copy."""
@@ -45,19 +58,16 @@ def include_dirs() -> tuple[str, ...]:
     if cutlass is None or not (cutlass / "source" / "include" / "cute").is_dir():
         raise FileNotFoundError("CUTLASS headers not found: pip install 'nvidia-cutlass>=4.2,<4.3'")
     dirs.append(cutlass / "source" / "include")
-    nvidia = _package_dir("nvidia")
-    cuda_inc = None
-    for root in ([nvidia] if nvidia else []):
-        for sub in ("cu13", "cuda_runtime"):
-            if (root / sub / "include" / "cuda_fp16.h").is_file():
-                cuda_inc = root / sub / "include"
-                break
+    # "nvidia" is a namespace package: the CUDA headers and libcu++ may sit in different site-packages folders.
+    roots = _namespace_dirs("nvidia")
+    cuda_inc = _first_with(roots, ("cu13/include", "cuda_runtime/include"), "cuda_fp16.h")
     if cuda_inc is None:
         raise FileNotFoundError("CUDA headers not found: pip install 'nvidia-cuda-runtime>=13.0'")
-    dirs.append(cuda_inc)
-    if not (cuda_inc / "cccl" / "cuda" / "std" / "type_traits").is_file():
+    cccl = _first_with(roots, ("cu13/include/cccl", "cuda_cccl/include"), "cuda/std/type_traits")
+    if cccl is None:
         raise FileNotFoundError("libcu++ headers not found: pip install 'nvidia-cuda-cccl>=13.0,<13.2'")
-    dirs.append(cuda_inc / "cccl")
+    # CUTLASS includes both <cuda/std/...> and <cccl/cuda/std/...>: the folder above cccl/ is needed too.
+    dirs += [cuda_inc] + ([cccl.parent] if cccl.parent != cuda_inc else []) + [cccl]
     return tuple(str(d) for d in dirs)
 
 

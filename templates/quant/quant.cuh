@@ -73,7 +73,7 @@ __device__ void stats(Tensor4 k, Tensor4 v, int H, int n, int d, int rows_per_sp
 // ---- pass 2: INT8 Q, INT8 smoothed K, V cast or FP8-transposed ---------------------------------------------------
 struct QkvArgs {
   Tensor4 q, k, v;
-  int Hq, Hkv, n, d, n_pad;
+  int Hq, Hkv, nq, nk, d, nq_pad, nk_pad;  // Q and K/V lengths may differ (cross attention, KV cache)
   int q_tile, q_sub, k_tile, k_sub;  // ScaleGroups of Q and K
   int splits;                        // of the stats pass
   const float* ksum;                 // [B, Hkv, splits, D]
@@ -81,7 +81,7 @@ struct QkvArgs {
   int8_t* q8; float* q_scale;        // [B, Hq, n_pad, D], [B, Hq, n_pad/q_tile*q_sub]
   int8_t* k8; float* k_scale;
   void* v_out; float* v_scale;       // fp16 [B, Hkv, n_pad, D] or e4m3 [B, Hkv, D, n_pad] + [B, Hkv, D]
-  float* qk_bias;                    // optional [B, Hq, n]: q . mean(k), to restore the LSE after smoothing
+  float* qk_bias;                    // optional [B, Hq, nq]: q . mean(k), to restore the LSE after smoothing
 };
 
 __device__ __forceinline__ int scale_index(int row, int tile, int sub) {
@@ -99,7 +99,7 @@ __device__ __forceinline__ void k_mean(const QkvArgs& a, int b, int hk, int ch, 
     mean[0] += lo.x; mean[1] += lo.y; mean[2] += lo.z; mean[3] += lo.w;
     mean[4] += hi.x; mean[5] += hi.y; mean[6] += hi.z; mean[7] += hi.w;
   }
-  const float inv_n = 1.f / float(a.n);
+  const float inv_n = 1.f / float(a.nk);
 #pragma unroll
   for (int i = 0; i < 8; ++i) mean[i] *= inv_n;
 }
@@ -123,7 +123,8 @@ __device__ void quantize_int8_chunk(const QkvArgs& a, const Tensor4& x, int H, i
   using M = RowMap<D>;
   constexpr int kPasses = kChunk / M::kRowsPerPass;
   __shared__ float group_amax[kChunk];  // at most 128 groups in a chunk (tile 8, sub 8)
-  const int chunks = a.n_pad / kChunk;
+  const int n = is_k ? a.nk : a.nq, n_pad = is_k ? a.nk_pad : a.nq_pad;
+  const int chunks = n_pad / kChunk;
   const int bh = chunk_id / chunks, chunk = chunk_id % chunks, b = bh / H, h = bh % H;
   const int cv = threadIdx.x % M::kVecPerRow, r0 = threadIdx.x / M::kVecPerRow, ch = cv * 8;
   const int groups = kChunk / tile * sub;
@@ -136,7 +137,7 @@ __device__ void quantize_int8_chunk(const QkvArgs& a, const Tensor4& x, int H, i
 
   Vec8x16 raw[kPasses];
 #pragma unroll
-  for (int p = 0; p < kPasses; ++p) raw[p] = load_row_vec<T>(x, b, h, chunk * kChunk + r0 + p * M::kRowsPerPass, ch, a.n, a.d);
+  for (int p = 0; p < kPasses; ++p) raw[p] = load_row_vec<T>(x, b, h, chunk * kChunk + r0 + p * M::kRowsPerPass, ch, n, a.d);
 #pragma unroll
   for (int p = 0; p < kPasses; ++p) {
     const int lrow = r0 + p * M::kRowsPerPass, row = chunk * kChunk + lrow;
@@ -144,7 +145,7 @@ __device__ void quantize_int8_chunk(const QkvArgs& a, const Tensor4& x, int H, i
     unpack8<T>(raw[p], f);
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
-      const bool live = row < a.n && ch + i < a.d;
+      const bool live = row < n && ch + i < a.d;
       if (is_k) f[i] = live ? f[i] - mean[i] : 0.f;
       else dot += f[i] * mean[i];
       amax = fmaxf(amax, fabsf(f[i]));
@@ -152,12 +153,12 @@ __device__ void quantize_int8_chunk(const QkvArgs& a, const Tensor4& x, int H, i
     amax = row_max<D>(amax);
     if (!is_k && a.qk_bias != nullptr) {
       dot = row_sum<D>(dot);
-      if (cv == 0 && row < a.n) a.qk_bias[(long long)bh * a.n + row] = dot;
+      if (cv == 0 && row < n) a.qk_bias[(long long)bh * n + row] = dot;
     }
     if (cv == 0) atomic_max_nonneg(&group_amax[scale_index(lrow, tile, sub)], amax);
   }
   __syncthreads();
-  const long long row_base = (long long)bh * a.n_pad + chunk * kChunk;
+  const long long row_base = (long long)bh * n_pad + chunk * kChunk;
 #pragma unroll
   for (int p = 0; p < kPasses; ++p) {
     const int lrow = r0 + p * M::kRowsPerPass, row = chunk * kChunk + lrow;
@@ -168,28 +169,28 @@ __device__ void quantize_int8_chunk(const QkvArgs& a, const Tensor4& x, int H, i
     int32_t qv[8];
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
-      const bool live = row < a.n && ch + i < a.d;
+      const bool live = row < n && ch + i < a.d;
       const float xv = is_k ? f[i] - mean[i] : f[i];
       qv[i] = live ? to_int8_rn(xv * inv) : 0;
     }
     uint2 packed = make_uint2(pack_int8x4(qv[0], qv[1], qv[2], qv[3]), pack_int8x4(qv[4], qv[5], qv[6], qv[7]));
     *reinterpret_cast<uint2*>(out + (row_base + lrow) * D + ch) = packed;
   }
-  const long long scale_base = (long long)bh * (a.n_pad / tile * sub) + chunk * groups;
+  const long long scale_base = (long long)bh * (n_pad / tile * sub) + chunk * groups;
   for (int g = threadIdx.x; g < groups; g += kThreads) scale[scale_base + g] = group_amax[g] / 127.f;
 }
 
 template <class T, int D>
 __device__ void cast_v_f16_chunk(const QkvArgs& a, int chunk_id) {
   using M = RowMap<D>;
-  const int chunks = a.n_pad / kChunk;
+  const int chunks = a.nk_pad / kChunk;
   const int bh = chunk_id / chunks, chunk = chunk_id % chunks, b = bh / a.Hkv, h = bh % a.Hkv;
   const int cv = threadIdx.x % M::kVecPerRow, r0 = threadIdx.x / M::kVecPerRow, ch = cv * 8;
-  __half* out = static_cast<__half*>(a.v_out) + ((long long)bh * a.n_pad + chunk * kChunk) * D;
+  __half* out = static_cast<__half*>(a.v_out) + ((long long)bh * a.nk_pad + chunk * kChunk) * D;
 #pragma unroll 4
   for (int lrow = r0; lrow < kChunk; lrow += M::kRowsPerPass) {
     float f[8];
-    unpack8<T>(load_row_vec<T>(a.v, b, h, chunk * kChunk + lrow, ch, a.n, a.d), f);
+    unpack8<T>(load_row_vec<T>(a.v, b, h, chunk * kChunk + lrow, ch, a.nk, a.d), f);
     Vec8x16 o;
 #pragma unroll
     for (int i = 0; i < 4; ++i) o.w[i] = pack_half2(f[2 * i], f[2 * i + 1]);
@@ -203,7 +204,7 @@ __device__ void quantize_v_e4m3t_chunk(const QkvArgs& a, int chunk_id) {
   constexpr int kPitch = kChunk + 16;  // bytes per smem row; the pad spreads the transposed writes over banks
   __shared__ __align__(16) uint8_t tile[D][kPitch];
   __shared__ float inv_scale[D];
-  const int chunks = a.n_pad / kChunk;
+  const int chunks = a.nk_pad / kChunk;
   const int bh = chunk_id / chunks, chunk = chunk_id % chunks, b = bh / a.Hkv, h = bh % a.Hkv;
   for (int c = threadIdx.x; c < D; c += kThreads) {
     float mx = 0.f;
@@ -217,7 +218,7 @@ __device__ void quantize_v_e4m3t_chunk(const QkvArgs& a, int chunk_id) {
 #pragma unroll 4
   for (int lrow = r0; lrow < kChunk; lrow += M::kRowsPerPass) {
     float f[8];
-    unpack8<T>(load_row_vec<T>(a.v, b, h, chunk * kChunk + lrow, ch, a.n, a.d), f);
+    unpack8<T>(load_row_vec<T>(a.v, b, h, chunk * kChunk + lrow, ch, a.nk, a.d), f);
 #pragma unroll
     for (int i = 0; i < 8; i += 2) {
       uint16_t two = pack_e4m3x2(f[i] * inv_scale[ch + i], f[i + 1] * inv_scale[ch + i + 1]);
@@ -226,29 +227,29 @@ __device__ void quantize_v_e4m3t_chunk(const QkvArgs& a, int chunk_id) {
     }
   }
   __syncthreads();
-  uint8_t* out = static_cast<uint8_t*>(a.v_out) + (long long)bh * D * a.n_pad + chunk * kChunk;
+  uint8_t* out = static_cast<uint8_t*>(a.v_out) + (long long)bh * D * a.nk_pad + chunk * kChunk;
   for (int i = threadIdx.x; i < D * (kChunk / 16); i += kThreads) {
     const int c = i / (kChunk / 16), seg = i % (kChunk / 16);
-    *reinterpret_cast<uint4*>(out + (long long)c * a.n_pad + seg * 16) =
+    *reinterpret_cast<uint4*>(out + (long long)c * a.nk_pad + seg * 16) =
         *reinterpret_cast<const uint4*>(&tile[c][seg * 16]);
   }
 }
 
-// blockIdx.y picks the tensor (0 = Q, 1 = K, 2 = V); blockIdx.x walks its 128-row chunks over (batch, head).
+// blockIdx.y picks the tensor (0 = Q, 1 = K, 2 = V); blockIdx.x walks one batch's 128-row chunks over its heads;
+// blockIdx.z is the batch (so grid.x stays small). Grid.x covers the larger of Q and K/V; extra CTAs return.
 template <class T, int D, int kVMode>  // kVMode: 0 none, 1 fp16, 2 e4m3 transposed
 __device__ void qkv(const QkvArgs& a) {
-  const int chunks = a.n_pad / kChunk;  // grid.z carries the batch, so grid.x stays small
+  const int q_items = a.Hq * (a.nq_pad / kChunk), kv_items = a.Hkv * (a.nk_pad / kChunk);
   if (blockIdx.y == 0) {
-    if (blockIdx.x >= a.Hq * chunks) return;
-    quantize_int8_chunk<T, D>(a, a.q, a.Hq, blockIdx.z * a.Hq * chunks + blockIdx.x, false, a.q8, a.q_scale, a.q_tile, a.q_sub);
+    if (blockIdx.x >= q_items) return;
+    quantize_int8_chunk<T, D>(a, a.q, a.Hq, blockIdx.z * q_items + blockIdx.x, false, a.q8, a.q_scale, a.q_tile, a.q_sub);
   } else if (blockIdx.y == 1) {
-    if (blockIdx.x >= a.Hkv * chunks) return;
-    quantize_int8_chunk<T, D>(a, a.k, a.Hkv, blockIdx.z * a.Hkv * chunks + blockIdx.x, true, a.k8, a.k_scale, a.k_tile, a.k_sub);
+    if (blockIdx.x >= kv_items) return;
+    quantize_int8_chunk<T, D>(a, a.k, a.Hkv, blockIdx.z * kv_items + blockIdx.x, true, a.k8, a.k_scale, a.k_tile, a.k_sub);
   } else {
-    if (kVMode == 0 || blockIdx.x >= a.Hkv * chunks) return;
-    const int id = blockIdx.z * a.Hkv * chunks + blockIdx.x;
-    if constexpr (kVMode == 1) cast_v_f16_chunk<T, D>(a, id);
-    if constexpr (kVMode == 2) quantize_v_e4m3t_chunk<T, D>(a, id);
+    if (kVMode == 0 || blockIdx.x >= kv_items) return;
+    if constexpr (kVMode == 1) cast_v_f16_chunk<T, D>(a, blockIdx.z * kv_items + blockIdx.x);
+    if constexpr (kVMode == 2) quantize_v_e4m3t_chunk<T, D>(a, blockIdx.z * kv_items + blockIdx.x);
   }
 }
 

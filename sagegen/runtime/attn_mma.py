@@ -1,0 +1,73 @@
+"""Run one mma.sync attention variant: quantization pass, then the attention kernel, on torch's stream."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..quant_layout import padded_dim, padded_len
+from ..variants.attn_mma import AttnMmaSpec
+from . import launch as L
+from .device import stream_handle
+from .quant import Quantized, _vector_ready, bhnd_strides, quantize
+
+LOG2E = 1.4426950408889634
+OUT_DTYPES = {"f16": torch.float16, "bf16": torch.bfloat16}
+
+
+def v_mode_for(v: torch.Tensor, d: int) -> str:
+    """fp16 V of a compiled head dim is read in place; anything else gets an fp16 (padded) copy."""
+    return "none" if v.dtype == torch.float16 and d == padded_dim(d) else "f16"
+
+
+class Prepared:
+    """Quantized inputs plus everything the attention launch needs; lets benchmarks time the kernel alone."""
+
+    def __init__(self, q, k, v, spec: AttnMmaSpec, layout: str, return_lse: bool):
+        v = _vector_ready(v)
+        hd, nd = (1, 2) if layout == "HND" else (2, 1)
+        self.B, self.Hq, self.nq, self.d = q.shape[0], q.shape[hd], q.shape[nd], q.shape[3]
+        self.Hkv, self.nk = k.shape[hd], k.shape[nd]
+        self.layout, self.spec, self.device = layout, spec, q.device
+        mode = v_mode_for(v, self.d)
+        self.qz: Quantized = quantize(q, k, v, layout=layout, q_groups=spec.q_groups, k_groups=spec.k_groups,
+                                      v_mode=mode, with_qk_bias=return_lse)
+        if mode == "none":
+            self.v, self.v_strides, self.v_rows = v, bhnd_strides(v, layout), self.nk
+        else:
+            self.v, self.v_strides, self.v_rows = self.qz.v, bhnd_strides(self.qz.v, "HND"), self.qz.v.shape[2]
+        self.q_shape = q.shape
+
+
+def run_kernel(p: Prepared, *, sm_scale: float, causal_offset: int = 0, return_lse: bool = False,
+               out: torch.Tensor | None = None):
+    spec, qz = p.spec, p.qz
+    if out is None:
+        out = torch.empty(p.q_shape, device=p.device, dtype=OUT_DTYPES[spec.o])
+    lse = torch.empty(p.B, p.Hq, p.nq, device=p.device, dtype=torch.float32) if return_lse else None
+    idx = p.device.index if p.device.index is not None else torch.cuda.current_device()
+    nq_pad, nk_pad = padded_len(p.nq), padded_len(p.nk)
+    L.launch(spec, (nq_pad // spec.m, p.Hq, p.B), spec.threads, spec.smem_bytes(), idx, stream_handle(p.device),
+             qz.q8.data_ptr(), qz.q_scale.data_ptr(), qz.k8.data_ptr(), qz.k_scale.data_ptr(),
+             p.v.data_ptr(), *map(L.i64, p.v_strides), out.data_ptr(), *map(L.i64, bhnd_strides(out, p.layout)),
+             lse.data_ptr() if lse is not None else 0,
+             L.i32(p.Hq), L.i32(p.Hkv), L.i32(p.nq), L.i32(p.nk), L.i32(nq_pad), L.i32(nk_pad), L.i32(p.d),
+             L.i32(p.v_rows), L.f32(sm_scale * LOG2E), L.i32(causal_offset))
+    if lse is not None:
+        # K smoothing removed sm_scale * q . mean(k) from every logit of a row; put it back into the LSE.
+        lse.add_(qz.qk_bias, alpha=sm_scale)
+    return out, lse
+
+
+def forward(q, k, v, spec: AttnMmaSpec, *, layout: str, sm_scale: float, causal_offset: int = 0,
+            return_lse: bool = False, out: torch.Tensor | None = None):
+    """Attention with ``spec``. Inputs are 4-D in ``layout`` (HND: [B, H, N, d]; NHD: [B, N, H, d]).
+
+    Returns (o, lse): o in q's layout and ``spec.o`` dtype; lse [B, Hq, nq] fp32 (natural log) or None.
+    """
+    p = Prepared(q, k, v, spec, layout, return_lse)
+    return run_kernel(p, sm_scale=sm_scale, causal_offset=causal_offset, return_lse=return_lse, out=out)
+
+
+def default_sm_scale(d: int) -> float:
+    return 1.0 / math.sqrt(d)

@@ -1,0 +1,74 @@
+"""Load variants' cubins through cuda.core and launch them on torch's current stream.
+
+Per process: one cuda.core Kernel per variant name, one shared-memory opt-in per (variant, device), one
+cuda.core Stream wrapper per foreign stream handle. All dictionaries are keyed by Python scalars only.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from ..jit import cubin_for
+from ..variants.spec import KernelSpec
+
+_lock = threading.Lock()
+_kernels: dict[str, object] = {}
+_smem_done: set[tuple[str, int, int]] = set()
+_streams: dict[int, object] = {}
+
+i32 = np.int32
+i64 = np.int64
+f32 = np.float32
+
+
+def kernel_for(spec: KernelSpec):
+    """The cuda.core Kernel of a variant, compiling (or reading the cache) on first use."""
+    k = _kernels.get(spec.name)
+    if k is not None:
+        return k
+    with _lock:
+        k = _kernels.get(spec.name)
+        if k is None:
+            from cuda.core import ObjectCode
+
+            cubin, _ = cubin_for(spec)
+            k = ObjectCode.from_cubin(cubin).get_kernel(spec.name)
+            _kernels[spec.name] = k
+    return k
+
+
+def _raise_smem_limit(kernel, name: str, device: int, smem: int) -> None:
+    """Dynamic shared memory above 48 KB must be opted in, once per kernel and device."""
+    key = (name, device, smem)
+    if smem <= 48 * 1024 or key in _smem_done:
+        return
+    from cuda.bindings import driver
+
+    attr = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+    handle = kernel.handle
+    if isinstance(handle, driver.CUkernel):
+        (err,) = driver.cuKernelSetAttribute(attr, smem, handle, device)
+    else:
+        (err,) = driver.cuFuncSetAttribute(handle, attr, smem)
+    if err != driver.CUresult.CUDA_SUCCESS:
+        raise RuntimeError(f"cannot raise the shared-memory limit of {name} to {smem} bytes on device {device}: {err}")
+    _smem_done.add(key)
+
+
+def _stream(handle: int):
+    s = _streams.get(handle)
+    if s is None:
+        from cuda.core import Stream
+
+        s = _streams[handle] = Stream.from_handle(handle)
+    return s
+
+
+def launch(spec: KernelSpec, grid, block, smem: int, device: int, stream_handle: int, *args) -> None:
+    """Launch ``spec``'s kernel. Pointers are Python ints; other scalars must be numpy i32/i64/f32."""
+    from cuda.core import LaunchConfig, launch as cu_launch
+
+    kernel = kernel_for(spec)
+    _raise_smem_limit(kernel, spec.name, device, smem)
+    cu_launch(_stream(stream_handle), LaunchConfig(grid=grid, block=block, shmem_size=smem), kernel, *args)

@@ -1,0 +1,268 @@
+// The attention main loop of the mma.sync family (see sagegen/variants/attn_mma.py for the parameters).
+//
+// One CTA: kBlockM query rows, kWarps warps of kWarpM rows each (kMTiles 16-row m-tiles). Q (int8) is loaded
+// once into registers; K (int8) and V (fp16) blocks of kBlockN keys stream through kStages cp.async stages.
+// Per key block: S = Q.K^T in int32 -> dequantized with the Q and K scales and sm_scale*log2(e) in one multiply
+// -> masked -> online softmax in base 2 -> P (fp16, straight from the accumulator registers) . V.
+#pragma once
+#include "attn_mma/mma_sm80.cuh"
+#include "attn_mma/smem.cuh"
+#include "attn_mma/softmax.cuh"
+#include "attn_mma/mask.cuh"
+
+namespace sagegen::attn {
+
+template <int D, int BlockM, int BlockN, int Warps, int Stages, bool Causal, bool AccF16, class OutT,
+          int QTile, int QSub, int KTile, int KSub, class Mma = MmaSm80>
+struct Config {
+  static constexpr int kD = D, kBlockM = BlockM, kBlockN = BlockN, kWarps = Warps, kStages = Stages;
+  static constexpr bool kCausal = Causal, kAccF16 = AccF16;
+  static constexpr int kThreads = 32 * Warps, kWarpM = BlockM / Warps, kMTiles = kWarpM / 16;
+  static constexpr int kNTiles = BlockN / 8, kDTiles = D / 8, kKSteps = D / 32;
+  static constexpr int kQTile = QTile, kQSub = QSub, kKTile = KTile, kKSub = KSub;
+  static constexpr int kSmemQ = BlockM * D, kSmemK = BlockN * D, kSmemV = BlockN * D * 2;
+  static constexpr int kSmemBytes = kSmemQ + Stages * (kSmemK + kSmemV);
+  // Q fragments stay in registers when they are few; otherwise each key block re-reads them from shared memory
+  // (one ldmatrix per 16x32 fragment, reused across every key tile of the block).
+  static constexpr bool kQInRegs = kMTiles * kKSteps * 4 <= 16;
+  // Lazy-rescale slack (log2 units): P may reach 2^kSlack. An fp16 P.V accumulator summing a whole key block
+  // of such values could overflow, so the fp16-accumulate mode rescales on every increase.
+  static constexpr int kSlack = AccF16 ? 0 : 8;
+  using Out = OutT;
+  using MmaOps = Mma;
+  static_assert(kWarpM % 16 == 0 && kNTiles % 2 == 0 && D % 32 == 0, "tile shape");
+  static_assert(KTile == BlockN, "K scales are per key block (or per thread within it)");
+};
+
+struct Params {
+  const int8_t* q8; const float* q_scale;  // [B, Hq, nq_pad, D], [B, Hq, groups]
+  const int8_t* k8; const float* k_scale;  // [B, Hkv, nk_pad, D], [B, Hkv, groups]
+  const __half* v; long long v_sb, v_sh, v_sn;  // fp16 V, any layout with a contiguous last dim
+  void* o; long long o_sb, o_sh, o_sn;           // output [.., d] in the caller's layout
+  float* lse;                                     // optional [B, Hq, nq], natural log
+  int Hq, Hkv, nq, nk, nq_pad, nk_pad, d, v_rows;
+  float sm_scale_log2;
+  int causal_offset;
+};
+
+constexpr float kMinScale = 1e-30f;
+
+template <class OutT> __device__ __forceinline__ uint32_t pack_out(float a, float b);
+template <> __device__ __forceinline__ uint32_t pack_out<__half>(float a, float b) { return pack_half2(a, b); }
+template <> __device__ __forceinline__ uint32_t pack_out<__nv_bfloat16>(float a, float b) {
+  __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+  return *reinterpret_cast<uint32_t*>(&h);
+}
+
+__device__ __forceinline__ int scale_group(int row, int tile, int sub) {
+  return (row / tile) * sub + (row % 8) / (8 / sub);
+}
+
+template <class C>
+__device__ __forceinline__ void attn_fwd(const Params& p) {
+  using Mma = typename C::MmaOps;
+  using TileQK = SwizzledTile<C::kD>;
+  using TileV = SwizzledTile<C::kD * 2>;
+  extern __shared__ __align__(128) uint8_t smem[];
+  uint8_t* sQ = smem;
+  uint8_t* sK = sQ + C::kSmemQ;
+  uint8_t* sV = sK + C::kStages * C::kSmemK;
+
+  // Causal: the last query tiles see the most keys; launch them first so they do not trail at the end.
+  const int mb = C::kCausal ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+  const int h = blockIdx.y, b = blockIdx.z, hk = h / (p.Hq / p.Hkv);
+  const int m0 = mb * C::kBlockM;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
+  const long long bh = (long long)b * p.Hq + h, bhk = (long long)b * p.Hkv + hk;
+  const uint8_t* gQ = reinterpret_cast<const uint8_t*>(p.q8 + (bh * p.nq_pad + m0) * C::kD);
+  const uint8_t* gK = reinterpret_cast<const uint8_t*>(p.k8 + bhk * p.nk_pad * C::kD);
+  const uint8_t* gV = reinterpret_cast<const uint8_t*>(p.v + b * p.v_sb + hk * p.v_sh);
+  const int nb = key_blocks<C::kCausal, C::kBlockM, C::kBlockN>(m0, p.nk, p.causal_offset);
+
+  auto load_kv = [&](int j, int stage) {
+    load_tile<C::kD, C::kBlockN, C::kThreads>(sK + stage * C::kSmemK, gK + (long long)j * C::kBlockN * C::kD, C::kD);
+    load_tile_guarded<C::kD * 2, C::kBlockN, C::kThreads>(sV + stage * C::kSmemV,
+                                                          gV + (long long)j * C::kBlockN * p.v_sn * 2,
+                                                          p.v_sn * 2, p.v_rows - j * C::kBlockN);
+  };
+
+  // Prologue: Q with the first stages.
+  load_tile<C::kD, C::kBlockM, C::kThreads>(sQ, gQ, C::kD);
+  if constexpr (C::kStages > 1) {
+#pragma unroll
+    for (int s = 0; s < C::kStages - 1; ++s) {
+      if (s < nb) load_kv(s, s);
+      cp_async_commit();
+    }
+    cp_async_wait<C::kStages - 2>();
+  } else {
+    cp_async_commit();
+    cp_async_wait<0>();
+  }
+  __syncthreads();
+
+  const int mi = lane / 8, r8 = lane % 8;
+  auto load_q_frag = [&](int mt, int ks, uint32_t (&frag)[4]) {
+    ldsm_x4(sQ + TileQK::offset(warp * C::kWarpM + mt * 16 + (mi & 1) * 8 + r8, ks * 2 + (mi >> 1)), frag);
+  };
+  uint32_t qf[C::kQInRegs ? C::kMTiles : 1][C::kQInRegs ? C::kKSteps : 1][4];
+  if constexpr (C::kQInRegs) {
+#pragma unroll
+    for (int mt = 0; mt < C::kMTiles; ++mt)
+#pragma unroll
+      for (int ks = 0; ks < C::kKSteps; ++ks) load_q_frag(mt, ks, qf[mt][ks]);
+  }
+
+  // Q scales of this thread's rows, with sm_scale * log2(e) folded in.
+  float q_scale[C::kMTiles][2];
+  const int q_groups = p.nq_pad / C::kQTile * C::kQSub, k_groups = p.nk_pad / C::kKTile * C::kKSub;
+#pragma unroll
+  for (int mt = 0; mt < C::kMTiles; ++mt)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = m0 + warp * C::kWarpM + mt * 16 + g + 8 * r;
+      q_scale[mt][r] = p.q_scale[bh * q_groups + scale_group(row, C::kQTile, C::kQSub)] * p.sm_scale_log2;
+    }
+
+  float o[C::kMTiles][C::kDTiles][4] = {};
+  RowState st[C::kMTiles];
+
+  for (int j = 0; j < nb; ++j) {
+    const int stage = j % C::kStages;
+    if constexpr (C::kStages > 1) {
+      if (j > 0) {
+        cp_async_wait<C::kStages - 2>();
+        __syncthreads();  // block j landed for every thread, and everyone is done with block j-1's stage
+      }
+      if (j + C::kStages - 1 < nb) load_kv(j + C::kStages - 1, (j + C::kStages - 1) % C::kStages);
+      cp_async_commit();
+    } else {
+      load_kv(j, 0);
+      cp_async_commit();
+      cp_async_wait<0>();
+      __syncthreads();
+    }
+    const uint8_t* sKs = sK + stage * C::kSmemK;
+    const uint8_t* sVs = sV + stage * C::kSmemV;
+
+    // S = Q . K^T: the int32 accumulators live in the registers of the fp32 scores they become (0.f has the
+    // bits of 0), so conversion happens in place instead of doubling the live registers.
+    float s[C::kMTiles][C::kNTiles][4] = {};
+#pragma unroll
+    for (int ks = 0; ks < C::kKSteps; ++ks) {
+      uint32_t qs[C::kQInRegs ? 1 : C::kMTiles][4];
+      if constexpr (!C::kQInRegs) {
+#pragma unroll
+        for (int mt = 0; mt < C::kMTiles; ++mt) load_q_frag(mt, ks, qs[mt]);
+      }
+#pragma unroll
+      for (int jp = 0; jp < C::kNTiles / 2; ++jp) {
+        uint32_t kb[4];
+        ldsm_x4(sKs + TileQK::offset((2 * jp + (mi >> 1)) * 8 + r8, ks * 2 + (mi & 1)), kb);
+#pragma unroll
+        for (int mt = 0; mt < C::kMTiles; ++mt) {
+          const uint32_t (&a)[4] = C::kQInRegs ? qf[C::kQInRegs ? mt : 0][C::kQInRegs ? ks : 0] : qs[C::kQInRegs ? 0 : mt];
+          Mma::qk(reinterpret_cast<int32_t(&)[4]>(s[mt][2 * jp]), a, kb[0], kb[1]);
+          Mma::qk(reinterpret_cast<int32_t(&)[4]>(s[mt][2 * jp + 1]), a, kb[2], kb[3]);
+        }
+      }
+    }
+
+    // Dequantize into log2 units, mask, softmax.
+    const int col0 = j * C::kBlockN + 2 * tq;
+    const float k_scale = p.k_scale[bhk * k_groups + scale_group(col0, C::kKTile, C::kKSub)];
+    const bool masked = block_needs_mask<C::kCausal, C::kBlockN>(j, m0, p.nk, p.causal_offset);
+    float scale[C::kMTiles][2];
+#pragma unroll
+    for (int mt = 0; mt < C::kMTiles; ++mt) {
+#pragma unroll
+      for (int jj = 0; jj < C::kNTiles; ++jj)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[mt][jj][e] = __int2float_rn(__float_as_int(s[mt][jj][e]));
+      if (masked) apply_mask<C::kCausal>(s[mt], m0 + warp * C::kWarpM + mt * 16 + g, col0, p.nk, p.causal_offset);
+      // An all-zero Q or K group has scale 0; a tiny positive scale keeps -inf * scale = -inf (not NaN).
+      scale[mt][0] = fmaxf(q_scale[mt][0] * k_scale, kMinScale);
+      scale[mt][1] = fmaxf(q_scale[mt][1] * k_scale, kMinScale);
+    }
+    float alpha[C::kMTiles][2];
+    if (online_softmax<C::kMTiles, C::kNTiles, C::kSlack>(s, scale, st, alpha)) {
+#pragma unroll
+      for (int mt = 0; mt < C::kMTiles; ++mt)
+#pragma unroll
+        for (int n = 0; n < C::kDTiles; ++n) {
+          o[mt][n][0] *= alpha[mt][0]; o[mt][n][1] *= alpha[mt][0];
+          o[mt][n][2] *= alpha[mt][1]; o[mt][n][3] *= alpha[mt][1];
+        }
+    }
+
+    // O += P . V, P taken from the accumulator registers as fp16 A fragments.
+    [[maybe_unused]] uint32_t o16[C::kMTiles][C::kAccF16 ? C::kDTiles : 1][2];
+    if constexpr (C::kAccF16) {
+#pragma unroll
+      for (int mt = 0; mt < C::kMTiles; ++mt)
+#pragma unroll
+        for (int n = 0; n < C::kDTiles; ++n) o16[mt][n][0] = o16[mt][n][1] = 0u;
+    }
+#pragma unroll
+    for (int kk = 0; kk < C::kNTiles / 2; ++kk) {
+      uint32_t pa[C::kMTiles][4];
+#pragma unroll
+      for (int mt = 0; mt < C::kMTiles; ++mt) {
+        pa[mt][0] = pack_half2(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+        pa[mt][1] = pack_half2(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+        pa[mt][2] = pack_half2(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+        pa[mt][3] = pack_half2(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+      }
+#pragma unroll
+      for (int n2 = 0; n2 < C::kDTiles / 2; ++n2) {
+        uint32_t vb[4];
+        ldsm_x4_trans(sVs + TileV::offset(kk * 16 + (mi & 1) * 8 + r8, n2 * 2 + (mi >> 1)), vb);
+#pragma unroll
+        for (int mt = 0; mt < C::kMTiles; ++mt) {
+          if constexpr (C::kAccF16) {
+            Mma::pv(o16[mt][2 * n2], pa[mt], vb[0], vb[1]);
+            Mma::pv(o16[mt][2 * n2 + 1], pa[mt], vb[2], vb[3]);
+          } else {
+            Mma::pv(o[mt][2 * n2], pa[mt], vb[0], vb[1]);
+            Mma::pv(o[mt][2 * n2 + 1], pa[mt], vb[2], vb[3]);
+          }
+        }
+      }
+    }
+    if constexpr (C::kAccF16) {  // second level: the block's fp16 sums join the fp32 accumulator
+#pragma unroll
+      for (int mt = 0; mt < C::kMTiles; ++mt)
+#pragma unroll
+        for (int n = 0; n < C::kDTiles; ++n) {
+          const float2 lo = __half22float2(*reinterpret_cast<const __half2*>(&o16[mt][n][0]));
+          const float2 hi = __half22float2(*reinterpret_cast<const __half2*>(&o16[mt][n][1]));
+          o[mt][n][0] += lo.x; o[mt][n][1] += lo.y; o[mt][n][2] += hi.x; o[mt][n][3] += hi.y;
+        }
+    }
+    if constexpr (C::kStages == 1) __syncthreads();  // the single stage is overwritten next iteration
+  }
+
+  // Epilogue: normalize, write O (the caller's d columns, rows < nq) and the LSE.
+  const float kLn2 = 0.6931471805599453f;
+#pragma unroll
+  for (int mt = 0; mt < C::kMTiles; ++mt)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = m0 + warp * C::kWarpM + mt * 16 + g + 8 * r;
+      const float l = quad_sum(st[mt].sum[r]);
+      const float inv = l > 0.f ? 1.f / l : 0.f;  // a row that sees no key gets 0 (and lse = -inf)
+      if (row < p.nq) {
+        typename C::Out* orow = static_cast<typename C::Out*>(p.o) + b * p.o_sb + h * p.o_sh + row * p.o_sn;
+#pragma unroll
+        for (int n = 0; n < C::kDTiles; ++n) {
+          const int col = n * 8 + 2 * tq;
+          if (col < p.d)
+            *reinterpret_cast<uint32_t*>(orow + col) = pack_out<typename C::Out>(o[mt][n][2 * r] * inv, o[mt][n][2 * r + 1] * inv);
+        }
+        if (p.lse != nullptr && tq == 0)
+          p.lse[bh * p.nq + row] = l > 0.f ? (st[mt].max[r] + __log2f(l)) * kLn2 : kNegInf;
+      }
+    }
+}
+
+}  // namespace sagegen::attn

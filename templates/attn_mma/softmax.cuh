@@ -1,0 +1,93 @@
+// Online softmax in base 2 over the accumulator fragment of mma.sync: each thread holds, per 16-row m-tile,
+// rows g = lane/4 and g + 8, two columns per 8-column n-tile. A row lives in the 4 lanes of one quad.
+#pragma once
+#include <cuda/std/limits>
+
+namespace sagegen::attn {
+
+__device__ __forceinline__ float exp2_approx(float x) {  // MUFU.EX2; -inf -> +0
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+__device__ __forceinline__ float quad_max(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+__device__ __forceinline__ float quad_sum(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+constexpr float kNegInf = -cuda::std::numeric_limits<float>::infinity();
+
+// Running state of the two rows a thread holds in one m-tile.
+struct RowState {
+  float max[2] = {kNegInf, kNegInf};  // the reference max each row's probabilities are taken against
+  float sum[2] = {0.f, 0.f};          // this thread's partial sums; the quad reduces them once at the end
+};
+
+// One key block of raw scores (int32 dot products converted to float, masked entries -inf) -> probabilities,
+// for all kMTiles m-tiles of a warp at once so the independent rows' latency chains interleave.
+// scale[mt][r] (> 0) maps a row's raw scores into log2 units (q_scale * k_scale * sm_scale * log2 e), so the
+// dequantization and the max subtraction are one FFMA per score.
+//
+// Lazy rescaling: a row's reference max moves only when the block max exceeds it by more than kSlack (log2
+// units). Probabilities can then reach 2^kSlack, which the fp32 accumulators and fp16 P absorb, and most blocks
+// after the first few skip rescaling O. Returns whether any row of the warp moved (then O *= alpha).
+template <int kMTiles, int kNTiles, int kSlack>
+__device__ __forceinline__ bool online_softmax(float (&s)[kMTiles][kNTiles][4], const float (&scale)[kMTiles][2],
+                                               RowState (&st)[kMTiles], float (&alpha)[kMTiles][2]) {
+  float block_max[kMTiles][2];
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float m[kNTiles];  // pairwise tree: log-depth dependency chain
+#pragma unroll
+      for (int j = 0; j < kNTiles; ++j) m[j] = fmaxf(s[mt][j][2 * r], s[mt][j][2 * r + 1]);
+#pragma unroll
+      for (int w = 1; w < kNTiles; w *= 2)
+#pragma unroll
+        for (int j = 0; j + w < kNTiles; j += 2 * w) m[j] = fmaxf(m[j], m[j + w]);
+      block_max[mt][r] = m[0];
+    }
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) block_max[mt][r] = quad_max(block_max[mt][r]) * scale[mt][r];  // -inf stays -inf
+  bool moved = false;
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const bool up = block_max[mt][r] > st[mt].max[r] + float(kSlack);
+      // A row with every key masked so far has max = -inf: alpha = exp2(-inf) = 0 clears its (empty) state.
+      alpha[mt][r] = up ? exp2_approx(st[mt].max[r] - block_max[mt][r]) : 1.f;
+      st[mt].max[r] = up ? block_max[mt][r] : st[mt].max[r];
+      moved |= up;
+    }
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      // Rows with no visible key yet keep max = -inf; exponentiate against 0 so they yield 0, not NaN.
+      const float neg_ref = st[mt].max[r] == kNegInf ? 0.f : -st[mt].max[r];
+      float sum[kNTiles];
+#pragma unroll
+      for (int j = 0; j < kNTiles; ++j) {
+        s[mt][j][2 * r] = exp2_approx(fmaf(s[mt][j][2 * r], scale[mt][r], neg_ref));
+        s[mt][j][2 * r + 1] = exp2_approx(fmaf(s[mt][j][2 * r + 1], scale[mt][r], neg_ref));
+        sum[j] = s[mt][j][2 * r] + s[mt][j][2 * r + 1];
+      }
+#pragma unroll
+      for (int w = 1; w < kNTiles; w *= 2)
+#pragma unroll
+        for (int j = 0; j + w < kNTiles; j += 2 * w) sum[j] += sum[j + w];
+      st[mt].sum[r] = fmaf(st[mt].sum[r], alpha[mt][r], sum[0]);
+    }
+  return __any_sync(0xffffffffu, moved);
+}
+
+}  // namespace sagegen::attn

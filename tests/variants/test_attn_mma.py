@@ -1,0 +1,74 @@
+import fnmatch
+
+import pytest
+
+from sagegen.arch import ARCHES, DEFAULT_ARCHES
+from sagegen.errors import InvalidVariant
+from sagegen.quant_layout import N_ALIGN
+from sagegen.variants import attn_mma, spec_from_name
+from sagegen.variants.attn_mma import TILES, AttnMmaSpec, enumerate_variants
+
+TILE = dict(qk="i8", pv="f16", acc="f32", o="bf16", d=128, m=128, n=64, w=8, s=2, qg="warp", kg="block", causal=True)
+# 16 KB of Q + 2 stages x 128 keys x 128 dims x 3 B = 112 KB: more than sm120a's 99 KB, less than sm90a's 227 KB.
+BIG_TILE = {**TILE, "n": 128}
+
+
+def test_name_spells_every_parameter_in_the_documented_order():
+    spec = AttnMmaSpec(arch="sm90a", **TILE)
+    assert spec.name == "attn_mma_sm90a_qk_i8_pv_f16_acc_f32_o_bf16_d128_m128_n64_w8_s2_qg_warp_kg_block_causal"
+    assert spec_from_name(spec.name) == spec
+
+
+@pytest.fixture
+def no_register_limit(monkeypatch):
+    # Isolate the shared-memory rule from the register estimate (which also rejects the big tile today).
+    monkeypatch.setattr(attn_mma, "REG_BUDGET", 255)
+
+
+def test_d128_n128_two_stages_fits_hopper_but_not_sm120a_shared_memory(no_register_limit):
+    assert AttnMmaSpec(arch="sm90a", **BIG_TILE).smem_bytes() <= ARCHES["sm90a"].smem_per_block
+    with pytest.raises(InvalidVariant, match="shared memory"):
+        AttnMmaSpec(arch="sm120a", **BIG_TILE)
+
+
+def test_enumerator_drops_tiles_that_do_not_fit_the_arch(no_register_limit):
+    big = "*_d128_m128_n128_w8_s2_*"
+    assert fnmatch.filter([s.name for s in enumerate_variants("sm90a")], big)
+    assert not fnmatch.filter([s.name for s in enumerate_variants("sm120a")], big)
+
+
+def test_register_estimate_over_budget_is_invalid():
+    with pytest.raises(InvalidVariant, match="registers"):
+        AttnMmaSpec(arch="sm90a", **{**BIG_TILE, "acc": "f16"})
+
+
+@pytest.mark.parametrize("tile", TILES, ids=lambda t: "m{}_n{}_w{}_s{}".format(*t))
+def test_every_declared_tile_yields_variants_on_some_arch(tile):
+    # A tile added to TILES that fits no arch would silently generate nothing.
+    found = [a for a in DEFAULT_ARCHES if any((s.m, s.n, s.w, s.s) == tile for s in enumerate_variants(a))]
+    assert found, f"tile {tile} fits no arch"
+
+
+@pytest.mark.parametrize("arch", DEFAULT_ARCHES)
+def test_every_variant_fits_the_arch_and_tiles_divide_the_padding(arch):
+    for s in enumerate_variants(arch):
+        assert s.smem_bytes() <= ARCHES[arch].smem_per_block
+        assert N_ALIGN % s.m == 0 and N_ALIGN % s.n == 0
+        assert s.m == s.w * s.warp_m and s.warp_m in (16, 32)
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(qk="e4m3"), "qk"), (dict(pv="e4m3"), "pv"), (dict(acc="f64"), "acc"), (dict(o="f32"), "o must"),
+    (dict(d=96), "d must"), (dict(m=128, w=2), "rows per warp"), (dict(n=256), "n="), (dict(s=4), "s must"),
+    (dict(qg="row"), "qg"), (dict(kg="warp"), "kg"),
+])
+def test_invalid_parameters_are_rejected_with_the_reason(change, match):
+    params = {**TILE, "d": 64, **change}
+    with pytest.raises(InvalidVariant, match=match):
+        AttnMmaSpec(arch="sm90a", **params)
+
+
+def test_thread_granularity_uses_the_mma_fragment_layout():
+    spec = AttnMmaSpec(arch="sm80", **{**TILE, "d": 64, "qg": "thread", "kg": "thread"})
+    assert (spec.q_groups.tile, spec.q_groups.sub) == (spec.warp_m, 8)
+    assert (spec.k_groups.tile, spec.k_groups.sub) == (spec.n, 4)
