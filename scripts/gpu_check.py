@@ -115,6 +115,21 @@ def main():
     worst = max((r for r in rows if "rel_l1" in r), key=lambda r: r["rel_l1"], default=None)
     print("worst", worst)
     if args.time:
+        from sagegen.quant_layout import ScaleGroups
+        from sagegen.runtime.quant import quantize
+        B, H, d, n = 4, 32, 128, 8192
+        q, k, v = (torch.randn(B, H, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+        x = torch.empty(B * H * n * d * 3, device="cuda", dtype=torch.bfloat16)
+        y = torch.empty_like(x)
+        ms = time_ms(lambda: y.copy_(x))
+        print(f"copy: {2 * x.numel() * 2 / ms / 1e6:.0f} GB/s")
+        el = B * H * n * d
+        for mode in ("none", "f16", "e4m3t"):
+            ms = time_ms(lambda: quantize(q, k, v, layout="HND", q_groups=ScaleGroups(32), k_groups=ScaleGroups(64),
+                                          v_mode=mode))
+            read = el * 2 * (3 if mode != "none" else 2) + el * 2 * (2 if mode == "e4m3t" else 1)
+            write = el * 2 + {"none": 0, "f16": el * 2, "e4m3t": el}[mode]
+            print(f"quant v={mode}: {ms * 1e3:.0f} us, {(read + write) / ms / 1e6:.0f} GB/s (stats+qkv passes)")
         B, H, d = 4, 32, 128
         for n in args.time_n:
             q, k, v = (torch.randn(B, H, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))

@@ -60,6 +60,8 @@ def int_qk_attention(
     check_choice(pv, "pv", PV_MODES)
     check_choice(pv_accum, "pv_accum", PV_ACCUMS)
     check_choice(inner_rounding, "inner_rounding", ROUNDINGS)
+    if pv == "fp32" and pv_accum != "fp32":
+        raise ValueError(f"pv_accum must be 'fp32' when pv is 'fp32' (unquantized P.V), got {pv_accum!r}")
     for name, flag in (("smooth_k", smooth_k), ("smooth_q", smooth_q)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be bool, got {type(flag).__name__}")

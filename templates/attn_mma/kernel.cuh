@@ -1,7 +1,8 @@
 // The attention main loop of the mma.sync family (see sagegen/variants/attn_mma.py for the parameters).
 //
 // One CTA: kBlockM query rows, kWarps warps of kWarpM rows each (kMTiles 16-row m-tiles). Q (int8) is loaded
-// once into registers; K (int8) and V (fp16) blocks of kBlockN keys stream through kStages cp.async stages.
+// once into registers (or re-read per block when large); K (int8) and V (fp16) blocks of kBlockN keys stream
+// through kStages cp.async stages.
 // Per key block: S = Q.K^T in int32 -> dequantized with the Q and K scales and sm_scale*log2(e) in one multiply
 // -> masked -> online softmax in base 2 -> P (fp16, straight from the accumulator registers) . V.
 #pragma once
@@ -28,6 +29,7 @@ struct Config {
   // Lazy-rescale slack (log2 units): P may reach 2^kSlack. An fp16 P.V accumulator summing a whole key block
   // of such values could overflow, so the fp16-accumulate mode rescales on every increase.
   static constexpr int kSlack = AccF16 ? 0 : 8;
+  static_assert(Stages >= 2, "at least a double buffer");
   using Out = OutT;
   using MmaOps = Mma;
   static_assert(kWarpM % 16 == 0 && kNTiles % 2 == 0 && D % 32 == 0, "tile shape");
@@ -86,19 +88,14 @@ __device__ __forceinline__ void attn_fwd(const Params& p) {
                                                           p.v_sn * 2, p.v_rows - j * C::kBlockN);
   };
 
-  // Prologue: Q with the first stages.
+  // Prologue: Q with the first kStages - 1 key blocks, one commit group per block (Q rides with block 0).
   load_tile<C::kD, C::kBlockM, C::kThreads>(sQ, gQ, C::kD);
-  if constexpr (C::kStages > 1) {
 #pragma unroll
-    for (int s = 0; s < C::kStages - 1; ++s) {
-      if (s < nb) load_kv(s, s);
-      cp_async_commit();
-    }
-    cp_async_wait<C::kStages - 2>();
-  } else {
+  for (int s = 0; s < C::kStages - 1; ++s) {
+    if (s < nb) load_kv(s, s);
     cp_async_commit();
-    cp_async_wait<0>();
   }
+  cp_async_wait<C::kStages - 2>();  // Q and block 0 have landed
   __syncthreads();
 
   const int mi = lane / 8, r8 = lane % 8;
@@ -127,75 +124,10 @@ __device__ __forceinline__ void attn_fwd(const Params& p) {
   float o[C::kMTiles][C::kDTiles][4] = {};
   RowState st[C::kMTiles];
 
-  for (int j = 0; j < nb; ++j) {
-    const int stage = j % C::kStages;
-    if constexpr (C::kStages > 1) {
-      if (j > 0) {
-        cp_async_wait<C::kStages - 2>();
-        __syncthreads();  // block j landed for every thread, and everyone is done with block j-1's stage
-      }
-      if (j + C::kStages - 1 < nb) load_kv(j + C::kStages - 1, (j + C::kStages - 1) % C::kStages);
-      cp_async_commit();
-    } else {
-      load_kv(j, 0);
-      cp_async_commit();
-      cp_async_wait<0>();
-      __syncthreads();
-    }
-    const uint8_t* sKs = sK + stage * C::kSmemK;
+  // O += P . V for the block in `stage`: P comes straight from the score registers as fp16 A fragments; with
+  // kAccF16 the block accumulates in fp16 and joins the fp32 accumulator once (two-level accumulation).
+  auto pv_block = [&](int stage, float (&s)[C::kMTiles][C::kNTiles][4], float (&o)[C::kMTiles][C::kDTiles][4]) {
     const uint8_t* sVs = sV + stage * C::kSmemV;
-
-    // S = Q . K^T: the int32 accumulators live in the registers of the fp32 scores they become (0.f has the
-    // bits of 0), so conversion happens in place instead of doubling the live registers.
-    float s[C::kMTiles][C::kNTiles][4] = {};
-#pragma unroll
-    for (int ks = 0; ks < C::kKSteps; ++ks) {
-      uint32_t qs[C::kQInRegs ? 1 : C::kMTiles][4];
-      if constexpr (!C::kQInRegs) {
-#pragma unroll
-        for (int mt = 0; mt < C::kMTiles; ++mt) load_q_frag(mt, ks, qs[mt]);
-      }
-#pragma unroll
-      for (int jp = 0; jp < C::kNTiles / 2; ++jp) {
-        uint32_t kb[4];
-        ldsm_x4(sKs + TileQK::offset((2 * jp + (mi >> 1)) * 8 + r8, ks * 2 + (mi & 1)), kb);
-#pragma unroll
-        for (int mt = 0; mt < C::kMTiles; ++mt) {
-          const uint32_t (&a)[4] = C::kQInRegs ? qf[C::kQInRegs ? mt : 0][C::kQInRegs ? ks : 0] : qs[C::kQInRegs ? 0 : mt];
-          Mma::qk(reinterpret_cast<int32_t(&)[4]>(s[mt][2 * jp]), a, kb[0], kb[1]);
-          Mma::qk(reinterpret_cast<int32_t(&)[4]>(s[mt][2 * jp + 1]), a, kb[2], kb[3]);
-        }
-      }
-    }
-
-    // Dequantize into log2 units, mask, softmax.
-    const int col0 = j * C::kBlockN + 2 * tq;
-    const float k_scale = p.k_scale[bhk * k_groups + scale_group(col0, C::kKTile, C::kKSub)];
-    const bool masked = block_needs_mask<C::kCausal, C::kBlockN>(j, m0, p.nk, p.causal_offset);
-    float scale[C::kMTiles][2];
-#pragma unroll
-    for (int mt = 0; mt < C::kMTiles; ++mt) {
-#pragma unroll
-      for (int jj = 0; jj < C::kNTiles; ++jj)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) s[mt][jj][e] = __int2float_rn(__float_as_int(s[mt][jj][e]));
-      if (masked) apply_mask<C::kCausal>(s[mt], m0 + warp * C::kWarpM + mt * 16 + g, col0, p.nk, p.causal_offset);
-      // An all-zero Q or K group has scale 0; a tiny positive scale keeps -inf * scale = -inf (not NaN).
-      scale[mt][0] = fmaxf(q_scale[mt][0] * k_scale, kMinScale);
-      scale[mt][1] = fmaxf(q_scale[mt][1] * k_scale, kMinScale);
-    }
-    float alpha[C::kMTiles][2];
-    if (online_softmax<C::kMTiles, C::kNTiles, C::kSlack>(s, scale, st, alpha)) {
-#pragma unroll
-      for (int mt = 0; mt < C::kMTiles; ++mt)
-#pragma unroll
-        for (int n = 0; n < C::kDTiles; ++n) {
-          o[mt][n][0] *= alpha[mt][0]; o[mt][n][1] *= alpha[mt][0];
-          o[mt][n][2] *= alpha[mt][1]; o[mt][n][3] *= alpha[mt][1];
-        }
-    }
-
-    // O += P . V, P taken from the accumulator registers as fp16 A fragments.
     [[maybe_unused]] uint32_t o16[C::kMTiles][C::kAccF16 ? C::kDTiles : 1][2];
     if constexpr (C::kAccF16) {
 #pragma unroll
@@ -229,7 +161,7 @@ __device__ __forceinline__ void attn_fwd(const Params& p) {
         }
       }
     }
-    if constexpr (C::kAccF16) {  // second level: the block's fp16 sums join the fp32 accumulator
+    if constexpr (C::kAccF16) {
 #pragma unroll
       for (int mt = 0; mt < C::kMTiles; ++mt)
 #pragma unroll
@@ -239,7 +171,79 @@ __device__ __forceinline__ void attn_fwd(const Params& p) {
           o[mt][n][0] += lo.x; o[mt][n][1] += lo.y; o[mt][n][2] += hi.x; o[mt][n][3] += hi.y;
         }
     }
-    if constexpr (C::kStages == 1) __syncthreads();  // the single stage is overwritten next iteration
+  };
+
+  // S = Q . K^T for key block j into s. The int32 accumulators live in the registers of the fp32 scores they
+  // become (0.f has the bits of 0), so the conversion happens in place instead of doubling the live registers.
+  auto qk_block = [&](int stage, float (&s)[C::kMTiles][C::kNTiles][4]) {
+    const uint8_t* sKs = sK + stage * C::kSmemK;
+#pragma unroll
+    for (int mt = 0; mt < C::kMTiles; ++mt)
+#pragma unroll
+      for (int jj = 0; jj < C::kNTiles; ++jj)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[mt][jj][e] = 0.f;
+#pragma unroll
+    for (int ks = 0; ks < C::kKSteps; ++ks) {
+      uint32_t qs[C::kQInRegs ? 1 : C::kMTiles][4];
+      if constexpr (!C::kQInRegs) {
+#pragma unroll
+        for (int mt = 0; mt < C::kMTiles; ++mt) load_q_frag(mt, ks, qs[mt]);
+      }
+#pragma unroll
+      for (int jp = 0; jp < C::kNTiles / 2; ++jp) {
+        uint32_t kb[4];
+        ldsm_x4(sKs + TileQK::offset((2 * jp + (mi >> 1)) * 8 + r8, ks * 2 + (mi & 1)), kb);
+#pragma unroll
+        for (int mt = 0; mt < C::kMTiles; ++mt) {
+          const uint32_t (&a)[4] = C::kQInRegs ? qf[C::kQInRegs ? mt : 0][C::kQInRegs ? ks : 0] : qs[C::kQInRegs ? 0 : mt];
+          Mma::qk(reinterpret_cast<int32_t(&)[4]>(s[mt][2 * jp]), a, kb[0], kb[1]);
+          Mma::qk(reinterpret_cast<int32_t(&)[4]>(s[mt][2 * jp + 1]), a, kb[2], kb[3]);
+        }
+      }
+    }
+  };
+
+  // Dequantize, mask and exponentiate block j's scores, rescale O when a row max moved, then O += P . V.
+  auto softmax_pv_block = [&](int j, int stage, float (&s)[C::kMTiles][C::kNTiles][4]) {
+    const int col0 = j * C::kBlockN + 2 * tq;
+    const float k_scale = p.k_scale[bhk * k_groups + scale_group(col0, C::kKTile, C::kKSub)];
+    const bool masked = block_needs_mask<C::kCausal, C::kBlockN>(j, m0, p.nk, p.causal_offset);
+    float scale[C::kMTiles][2];
+#pragma unroll
+    for (int mt = 0; mt < C::kMTiles; ++mt) {
+#pragma unroll
+      for (int jj = 0; jj < C::kNTiles; ++jj)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[mt][jj][e] = __int2float_rn(__float_as_int(s[mt][jj][e]));
+      if (masked) apply_mask<C::kCausal>(s[mt], m0 + warp * C::kWarpM + mt * 16 + g, col0, p.nk, p.causal_offset);
+      // An all-zero Q or K group has scale 0; a tiny positive scale keeps -inf * scale = -inf (not NaN).
+      scale[mt][0] = fmaxf(q_scale[mt][0] * k_scale, kMinScale);
+      scale[mt][1] = fmaxf(q_scale[mt][1] * k_scale, kMinScale);
+    }
+    float alpha[C::kMTiles][2];
+    if (online_softmax<C::kMTiles, C::kNTiles, C::kSlack>(s, scale, st, alpha)) {
+#pragma unroll
+      for (int mt = 0; mt < C::kMTiles; ++mt)
+#pragma unroll
+        for (int n = 0; n < C::kDTiles; ++n) {
+          o[mt][n][0] *= alpha[mt][0]; o[mt][n][1] *= alpha[mt][0];
+          o[mt][n][2] *= alpha[mt][1]; o[mt][n][3] *= alpha[mt][1];
+        }
+    }
+    pv_block(stage, s, o);
+  };
+
+  for (int j = 0; j < nb; ++j) {
+    if (j > 0) {
+      cp_async_wait<C::kStages - 2>();
+      __syncthreads();  // block j landed for every thread, and everyone is done with block j-1's stage
+    }
+    if (j + C::kStages - 1 < nb) load_kv(j + C::kStages - 1, (j + C::kStages - 1) % C::kStages);
+    cp_async_commit();
+    float s[C::kMTiles][C::kNTiles][4];
+    qk_block(j % C::kStages, s);
+    softmax_pv_block(j, j % C::kStages, s);
   }
 
   // Epilogue: normalize, write O (the caller's d columns, rows < nq) and the LSE.

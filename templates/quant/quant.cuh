@@ -41,15 +41,26 @@ __device__ void stats(Tensor4 k, Tensor4 v, int H, int n, int d, int rows_per_sp
   const int cv = threadIdx.x % M::kVecPerRow, r0 = threadIdx.x / M::kVecPerRow, ch = cv * 8;
   const int row_end = min(n, (split + 1) * rows_per_split);
   float s[8] = {}, m[8] = {};
-  for (int row = split * rows_per_split + r0; row < row_end; row += M::kRowsPerPass) {
-    float f[8];
-    unpack8<T>(load_row_vec<T>(k, b, h, row, ch, n, d), f);
+  constexpr int kUnroll = 4;  // independent loads in flight per thread: the loop is latency-bound otherwise
+  for (int row0 = split * rows_per_split + r0; row0 < row_end; row0 += kUnroll * M::kRowsPerPass) {
+    Vec8x16 kv[kUnroll], vv[kUnroll];
 #pragma unroll
-    for (int i = 0; i < 8; ++i) s[i] += f[i];
-    if constexpr (kWithV) {
-      unpack8<T>(load_row_vec<T>(v, b, h, row, ch, n, d), f);
+    for (int u = 0; u < kUnroll; ++u) {
+      const int row = row0 + u * M::kRowsPerPass;
+      kv[u] = load_row_vec<T>(k, b, h, row, ch, row_end, d);
+      if constexpr (kWithV) vv[u] = load_row_vec<T>(v, b, h, row, ch, row_end, d);
+    }
 #pragma unroll
-      for (int i = 0; i < 8; ++i) m[i] = fmaxf(m[i], fabsf(f[i]));
+    for (int u = 0; u < kUnroll; ++u) {
+      float f[8];
+      unpack8<T>(kv[u], f);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) s[i] += f[i];
+      if constexpr (kWithV) {
+        unpack8<T>(vv[u], f);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) m[i] = fmaxf(m[i], fabsf(f[i]));
+      }
     }
   }
 #pragma unroll

@@ -250,6 +250,7 @@ def test_rows_without_keys_and_layouts(fn):
     (sage2_attention, {"inner_keys": 48}, ValueError, "inner_keys"),
     (sage2_attention, {"inner_rounding": "up"}, ValueError, "inner_rounding"),
     (sage1_attention, {"pv_accum": "bf16"}, ValueError, "pv_accum"),
+    (sage2_attention, {"pv": "fp32", "pv_accum": "fp16"}, ValueError, "pv_accum"),
     (sage1_attention, {"smooth_k": 1}, TypeError, "smooth_k"),
     (sage3_attention, {"block_n": 24}, ValueError, "block_n"),
     (sage2pp_attention, {"layout": "BNHD"}, ValueError, "layout"),
