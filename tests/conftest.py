@@ -27,6 +27,7 @@ def _cuda_available() -> tuple[bool, str]:
     return True, ""
 
 
+@pytest.hookimpl(trylast=True)  # after -k/-m deselection, so torch is imported only when a gpu test will run
 def pytest_collection_modifyitems(config, items):
     gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
     if not gpu_items:

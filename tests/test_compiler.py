@@ -9,7 +9,7 @@ from sagegen.compiler import compile_cubin, compile_ptx, option_list
 from sagegen.errors import CompileError
 from sagegen.render import render
 from sagegen.toolchain import include_dirs, templates_dir
-from sagegen.variants import FAMILIES, spec_from_name
+from sagegen.variants import FAMILIES, select, spec_from_name
 
 EM_CUDA = 190
 BROKEN = 'extern "C" __global__ void k(int* p) {\n  *p = undefined_thing;\n}\n'
@@ -32,11 +32,12 @@ def _instructions(ptx: str) -> set[str]:
 def _attn_spec_or_skip(arch: str):
     if "attn_mma" not in FAMILIES:
         pytest.skip("the attn_mma family is not registered yet")
-    name = f"attn_mma_{arch}_qk_i8_pv_f16_acc_f32_o_bf16_d64_m64_n64_w4_s2_qg_thread_kg_thread_causal"
-    spec = spec_from_name(name)
-    if not (templates_dir() / spec.template).is_file():
-        pytest.skip(f"template templates/{spec.template} does not exist yet")
-    return spec
+    cls = FAMILIES["attn_mma"][0]
+    if not (templates_dir() / cls.template).is_file():
+        pytest.skip(f"template templates/{cls.template} does not exist yet")
+    specs = select([arch], f"attn_mma_{arch}_*_acc_f32_o_bf16_d64_m64_n64_w4_s2_*qg_thread_kg_thread_causal")
+    assert specs, f"no small attn_mma variant on {arch}"
+    return specs[0]
 
 
 def test_options_target_the_arch_and_use_the_installed_headers():

@@ -38,6 +38,17 @@ class Prepared:
             self.v, self.v_strides, self.v_rows = self.qz.v, bhnd_strides(self.qz.v, "HND"), self.qz.v.shape[2]
         self.q_shape = q.shape
 
+    @classmethod
+    def from_buffers(cls, *, spec: AttnMmaSpec, layout: str, qz: Quantized, v, v_strides, v_rows: int,
+                     B: int, Hq: int, Hkv: int, nq: int, nk: int, d: int, device) -> "Prepared":
+        """A Prepared around buffers an earlier quantization pass made (the torch op path)."""
+        p = cls.__new__(cls)
+        p.B, p.Hq, p.Hkv, p.nq, p.nk, p.d = B, Hq, Hkv, nq, nk, d
+        p.layout, p.spec, p.device, p.qz = layout, spec, device, qz
+        p.v, p.v_strides, p.v_rows = v, v_strides, v_rows
+        p.q_shape = (B, Hq, nq, d) if layout == "HND" else (B, nq, Hq, d)
+        return p
+
 
 def run_kernel(p: Prepared, *, sm_scale: float, causal_offset: int = 0, return_lse: bool = False,
                out: torch.Tensor | None = None):

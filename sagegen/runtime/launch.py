@@ -16,6 +16,7 @@ _lock = threading.Lock()
 _kernels: dict[str, object] = {}
 _smem_done: set[tuple[str, int, int]] = set()
 _streams: dict[int, object] = {}
+_configs: dict[tuple, object] = {}
 
 i32 = np.int32
 i64 = np.int64
@@ -67,8 +68,22 @@ def _stream(handle: int):
 
 def launch(spec: KernelSpec, grid, block, smem: int, device: int, stream_handle: int, *args) -> None:
     """Launch ``spec``'s kernel. Pointers are Python ints; other scalars must be numpy i32/i64/f32."""
-    from cuda.core import LaunchConfig, launch as cu_launch
+    from cuda.core import launch as cu_launch
 
-    kernel = kernel_for(spec)
-    _raise_smem_limit(kernel, spec.name, device, smem)
-    cu_launch(_stream(stream_handle), LaunchConfig(grid=grid, block=block, shmem_size=smem), kernel, *args)
+    name = spec.name
+    kernel = _kernels.get(name) or kernel_for(spec)
+    if smem > 48 * 1024:
+        _raise_smem_limit(kernel, name, device, smem)
+    cu_launch(_stream(stream_handle), _config(grid, block, smem), kernel, *args)
+
+
+def _config(grid, block, smem: int):
+    key = (grid, block, smem)
+    cfg = _configs.get(key)
+    if cfg is None:
+        from cuda.core import LaunchConfig
+
+        if len(_configs) > 4096:  # shapes are unbounded; configs are cheap to rebuild
+            _configs.clear()
+        cfg = _configs[key] = LaunchConfig(grid=grid, block=block, shmem_size=smem)
+    return cfg

@@ -4,6 +4,7 @@ Outputs follow sagegen.quant_layout; the torch emulation in sagegen.reference pr
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +31,11 @@ class Quantized:
     nk: int
     d: int
     D: int
+
+
+@functools.cache
+def _quant_spec(arch: str, op: str, x: str, v: str, d: int) -> QuantSpec:
+    return QuantSpec(arch=arch, op=op, x=x, v=v, d=d)  # validated once per process, not per call
 
 
 def bhnd_strides(x: torch.Tensor, layout: str) -> tuple[int, int, int]:
@@ -66,7 +72,7 @@ def quantize(q, k, v, *, layout: str, q_groups: ScaleGroups, k_groups: ScaleGrou
     splits = -(-nk // rows_per_split)
     ksum = torch.empty(B, Hkv, splits, D, device=dev, dtype=torch.float32)
     vamax = torch.empty_like(ksum) if v_mode == "e4m3t" else None
-    stats = QuantSpec(arch=arch, op="stats", x=x, v="e4m3t" if v_mode == "e4m3t" else "none", d=D)
+    stats = _quant_spec(arch, "stats", x, "e4m3t" if v_mode == "e4m3t" else "none", D)
     ks, vs = bhnd_strides(k, layout), bhnd_strides(v, layout)
     L.launch(stats, (splits, Hkv, B), QuantSpec.THREADS, 0, idx, stream,
              k.data_ptr(), *map(L.i64, ks), v.data_ptr(), *map(L.i64, vs),
@@ -85,7 +91,7 @@ def quantize(q, k, v, *, layout: str, q_groups: ScaleGroups, k_groups: ScaleGrou
     else:
         v_out, v_scale = None, None
     qk_bias = torch.empty(B, Hq, nq, device=dev, dtype=torch.float32) if with_qk_bias else None
-    qkv = QuantSpec(arch=arch, op="qkv", x=x, v=v_mode, d=D)
+    qkv = _quant_spec(arch, "qkv", x, v_mode, D)
     items = max(Hq * nq_pad, Hkv * nk_pad) // N_ALIGN
     qs = bhnd_strides(q, layout)
     L.launch(qkv, (items, 3, B), QuantSpec.THREADS, 0, idx, stream,

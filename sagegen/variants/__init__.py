@@ -10,24 +10,13 @@ from typing import Callable, Iterable
 
 from ..arch import DEFAULT_ARCHES, parse_arch
 from .spec import KernelSpec
-from . import quant
+from . import attn_mma, quant
 
 # family name -> (spec class, enumerator). Add a family by adding one line.
 FAMILIES: dict[str, tuple[type[KernelSpec], Callable]] = {
     quant.QuantSpec.family: (quant.QuantSpec, quant.enumerate_variants),
+    attn_mma.AttnMmaSpec.family: (attn_mma.AttnMmaSpec, attn_mma.enumerate_variants),
 }
-
-
-def _register_optional():
-    # Families whose modules are written by other issues register themselves here once they exist.
-    try:
-        from . import attn_mma
-    except ImportError:
-        return
-    FAMILIES[attn_mma.AttnMmaSpec.family] = (attn_mma.AttnMmaSpec, attn_mma.enumerate_variants)
-
-
-_register_optional()
 
 
 def enumerate_all(arches: Iterable[str] | None = None) -> list[KernelSpec]:

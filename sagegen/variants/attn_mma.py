@@ -15,8 +15,7 @@ from .spec import KernelSpec, build_valid, flag, prefix, word
 OUT_TYPES = {"f16": "__half", "bf16": "__nv_bfloat16"}
 # Tile shapes the enumerator tries; check() keeps those that fit. (m, n, w, s, b): b is the CTAs per SM the
 # compiler must make room for (__launch_bounds__ min blocks; 1 = no register cap beyond 255).
-TILES = ((64, 64, 4, 2, 1), (64, 128, 4, 2, 1), (128, 64, 8, 2, 1), (128, 32, 8, 2, 2), (128, 32, 4, 2, 1),
-         (128, 64, 4, 2, 1))
+TILES = ((64, 64, 4, 2, 1), (64, 128, 4, 2, 1), (128, 64, 8, 2, 1), (128, 32, 8, 2, 2), (128, 32, 4, 2, 1))
 # Measured on the H100 (d=128, N=8k; BENCHMARKS.md, ablation): single-stage tiles, 2-warp CTAs, b=3 register caps
 # and a Q.K^T look-ahead over three stages all lost to these.
 # Q/K scale granularity pairs enumerated (K per-warp is K per-block: every warp sees the whole key tile).

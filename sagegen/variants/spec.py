@@ -9,6 +9,7 @@ The first field is always ``arch`` and is spelled bare (``sm90a``). Values never
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from typing import Any, ClassVar
 
@@ -40,7 +41,7 @@ class KernelSpec:
 
     # --- construction and validity ------------------------------------------------------------------------
     def __post_init__(self):
-        types = typing.get_type_hints(type(self))
+        types = _type_hints(type(self))
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             expected = types[f.name]
@@ -65,7 +66,7 @@ class KernelSpec:
         return ARCHES[self.arch]
 
     # --- the name -----------------------------------------------------------------------------------------
-    @property
+    @functools.cached_property  # writes the instance __dict__ directly, so it works on a frozen dataclass
     def name(self) -> str:
         tokens = [self.family]
         for f in dataclasses.fields(self):
@@ -89,7 +90,7 @@ class KernelSpec:
         if not name.startswith(head):
             raise ValueError(f"{name!r} is not a {cls.family} variant name")
         tokens = name[len(head):].split("_")
-        types = typing.get_type_hints(cls)
+        types = _type_hints(cls)
         values: dict[str, Any] = {}
         i = 0
         try:
@@ -120,14 +121,17 @@ class KernelSpec:
             raise ValueError(f"variant name {name!r} is too short for {cls.family}") from None
         if i != len(tokens):
             raise ValueError(f"variant name {name!r} has unparsed tokens {tokens[i:]}")
-        spec = cls(**values)
+        try:
+            spec = cls(**values)
+        except TypeError as e:  # e.g. an empty token from "__": a malformed name is a ValueError like the rest
+            raise ValueError(f"variant name {name!r} is malformed: {e}") from None
         if spec.name != name:
             raise ValueError(f"variant name {name!r} is not canonical (expected {spec.name!r})")
         return spec
 
     # --- what the template and the runtime need -----------------------------------------------------------
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def context(self) -> dict:
         """Values the Jinja template renders, beyond the fields themselves (type names, derived constants)."""
@@ -135,6 +139,11 @@ class KernelSpec:
 
     def render_context(self) -> dict:
         return {"spec": self, "name": self.name, **self.to_dict(), **self.context()}
+
+
+@functools.cache
+def _type_hints(cls) -> dict:
+    return typing.get_type_hints(cls)
 
 
 def build_valid(cls, **params) -> KernelSpec | None:

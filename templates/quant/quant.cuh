@@ -141,14 +141,15 @@ __device__ void quantize_int8_chunk(const QkvArgs& a, const Tensor4& x, int H, i
   const int groups = kChunk / tile * sub;
   for (int g = threadIdx.x; g < groups; g += kThreads) group_amax[g] = 0.f;
 
+  // Issue the chunk's loads first: the K-mean partials below (L2 hits) then overlap their latency.
+  Vec8x16 raw[kPasses];
+#pragma unroll
+  for (int p = 0; p < kPasses; ++p) raw[p] = load_row_vec<T>(x, b, h, chunk * kChunk + r0 + p * M::kRowsPerPass, ch, n, a.d);
+
   float mean[8] = {};
   const int hk = is_k ? h : h / (a.Hq / a.Hkv);
   if (is_k || a.qk_bias != nullptr) k_mean<D>(a, b, hk, ch, mean);
   __syncthreads();
-
-  Vec8x16 raw[kPasses];
-#pragma unroll
-  for (int p = 0; p < kPasses; ++p) raw[p] = load_row_vec<T>(x, b, h, chunk * kChunk + r0 + p * M::kRowsPerPass, ch, n, a.d);
 #pragma unroll
   for (int p = 0; p < kPasses; ++p) {
     const int lrow = r0 + p * M::kRowsPerPass, row = chunk * kChunk + lrow;

@@ -70,6 +70,7 @@ def test_every_field_shows_in_the_name_even_single_valued_ones(family):
     base = _variants(family, ("sm90a",))[0]
     for f in dataclasses.fields(base):
         other = copy.copy(base)
+        other.__dict__.pop("name", None)  # the name is cached per instance; this copy is mutated behind its back
         object.__setattr__(other, f.name, _perturbed(getattr(base, f.name), f.name))
         assert other.name != base.name, f"field {f.name} does not show in {base.name}"
 
@@ -115,6 +116,9 @@ def test_truncated_and_extended_names_are_rejected(family):
     ("QUANT_sm90a_op_qkv_x_bf16_v_e4m3t_d128", "upper case family"),
     ("quant_sm90a_op_qkv_x_f32_v_e4m3t_d128", "invalid dtype"),
     ("flash_sm90a_op_qkv_x_bf16_v_e4m3t_d128", "unknown family"),
+    ("quant_sm90a_op__x_bf16_v_e4m3t_d128", "empty value"),
+    ("quant__op_qkv_x_bf16_v_e4m3t_d128", "empty arch"),
+    ("quant_sm90a_op_qkv_x_bf16_v_e4m3t_d", "empty number"),
 ])
 def test_non_canonical_or_invalid_names_are_rejected(bad, why):
     with pytest.raises(ValueError):

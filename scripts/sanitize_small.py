@@ -1,0 +1,101 @@
+"""A few attn_mma variants and the quantization passes on tiny shapes, for compute-sanitizer:
+
+    compute-sanitizer --tool memcheck python3 scripts/sanitize_small.py          # ~16 variants
+    compute-sanitizer --tool racecheck python3 scripts/sanitize_small.py --few   # 4 variants (racecheck is slow)
+
+Tiny shapes put every tail in play: N = 1, 17, 130 (not multiples of any tile), nq > nk with bottom-right causal
+(rows that see no key), GQA, NHD, d = 72 (padded to 128) and 64. Compiles first (outside any CUDA work), then runs
+each case once with LSE and synchronizes after it, so a fault is reported next to the case printed before it.
+torch's caching allocator is turned off (PYTORCH_NO_CUDA_MEMORY_CACHING=1) so that every tensor is its own
+allocation and memcheck sees an access past its end. Exit status 0 and "sanitize_small: N cases OK" on success.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("PYTORCH_NO_CUDA_MEMORY_CACHING", "1")  # before torch touches CUDA
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+# (B, Hq, Hkv, nq, nk, d, layout, causal, alignment)
+CASES = [
+    (1, 1, 1, 1, 1, 64, "HND", False, "bottom_right"),
+    (1, 2, 1, 17, 17, 128, "NHD", True, "bottom_right"),
+    (2, 4, 2, 130, 17, 72, "HND", True, "bottom_right"),  # 113 rows see no key
+    (1, 2, 2, 17, 130, 64, "NHD", True, "top_left"),
+    (1, 3, 1, 130, 130, 128, "HND", False, "bottom_right"),
+]
+
+
+def pick_variants(arch: str, few: bool):
+    """The heuristic's choice per (d, causal) plus one variant of every other tile, granularity and accumulator."""
+    from sagegen.runtime import registry
+    from sagegen.variants import select
+
+    out = {}
+    for d in (64, 128):
+        for causal in (False, True):
+            key = registry.make_key(arch=arch, dtype="bf16", out="bf16", d=d, causal=causal, nq=128, nk=128,
+                                    batch_heads=8)
+            spec = registry.heuristic(key)
+            out[spec.name] = spec
+    if few:
+        return list(out.values())
+    # every tile twice, rotating granularity, accumulator, head dim and causal over them
+    every = select([arch], "attn_mma_*_o_bf16_*")
+    tiles = sorted({(s.m, s.n, s.w, s.s, s.b) for s in every})
+    combos = ((64, True), (128, False), (128, True), (64, False), (64, False), (128, True))
+    for i in range(2 * len(tiles)):
+        tile = tiles[i % len(tiles)]
+        want = ("warp", "block", "thread")[i % 3], ("f32", "f16")[i % 2], *combos[i % 4]
+        same_tile = [s for s in every if (s.m, s.n, s.w, s.s, s.b) == tile]
+        best = max(same_tile, key=lambda s: sum(a == b for a, b in zip((s.qg, s.acc, s.d, s.causal), want)))
+        out.setdefault(best.name, best)
+    return list(out.values())
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--few", action="store_true", help="only the heuristic's four variants")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from sagegen.build import build
+    from sagegen.render import default_out_dir
+    from sagegen.runtime import api
+    from sagegen.runtime.device import device_arch
+    from sagegen.variants import select
+
+    arch = device_arch(torch.cuda.current_device()).name
+    specs = pick_variants(arch, args.few)
+    res = build(specs + select([arch], "quant_*"), out_dir=default_out_dir(), jobs=os.cpu_count(), progress=False)
+    if not res.ok:
+        print("build failed:", *res.failed.items(), sep="\n")
+        return 1
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    n_cases = 0
+    for spec in specs:
+        for B, Hq, Hkv, nq, nk, d, layout, causal, align in CASES:
+            if (d <= 64) != (spec.d == 64) or causal != spec.causal:
+                continue
+            for dtype in (torch.float16, torch.bfloat16):
+                shape = (lambda h, n: (B, h, n, d)) if layout == "HND" else (lambda h, n: (B, n, h, d))
+                q = torch.randn(shape(Hq, nq), device="cuda", generator=gen).to(dtype)
+                k = torch.randn(shape(Hkv, nk), device="cuda", generator=gen).to(dtype)
+                v = torch.randn(shape(Hkv, nk), device="cuda", generator=gen).to(dtype)
+                print(f"{spec.name} {dtype} B={B} Hq={Hq} Hkv={Hkv} nq={nq} nk={nk} d={d} {layout} {align}",
+                      flush=True)
+                o, lse = api.attention(q, k, v, is_causal=causal, causal_alignment=align, tensor_layout=layout,
+                                       return_lse=True, variant=spec)
+                torch.cuda.synchronize()
+                assert torch.isfinite(o).all(), "non-finite output"
+                n_cases += 1
+    print(f"sanitize_small: {n_cases} cases OK")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,398 @@
+"""sagegen.attention / sdpa on the GPU: the registry's default variant on odd lengths, both layouts, both causal
+alignments, GQA and four input distributions; poisoned outputs; NaN propagation; torch.compile; CUDA graphs; a
+second GPU; sdpa() against torch; the autotuner on real timings; the quantization kernels against the reference
+quantizers; opcheck; the hot-path overhead."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import pytest
+import torch
+
+import sagegen
+from sagegen.quant_layout import padded_dim, padded_len
+from sagegen.reference import quantize_int8, quantize_v_fp8, rel_l1
+from sagegen.runtime import api, registry
+from sagegen.runtime import attn_mma as A
+
+from .gpu_util import emulate, errors, exact, inputs, seed_of
+
+pytestmark = pytest.mark.gpu
+
+BF16, F16 = torch.bfloat16, torch.float16
+
+
+def run_and_check(request, report, q, k, v, *, causal, align="bottom_right", layout="HND", out_dtype=None,
+                  bound=0.03, lse_bound=0.05, sm_scale=None):
+    """attention() with the registry's choice (SDPA fallback off), checked against exact attention and against
+    the chosen variant's emulation. Returns (o, lse, errors)."""
+    kw = dict(is_causal=causal, causal_alignment=align, tensor_layout=layout, out_dtype=out_dtype)
+    choice = api.describe(q, k, v, return_lse=True, sdpa_fallback=False, **kw)
+    assert choice.kind == "kernel"
+    o, lse = sagegen.attention(q, k, v, return_lse=True, sdpa_fallback=False, sm_scale=sm_scale, **kw)
+    assert o.shape == q.shape and o.dtype == (out_dtype or q.dtype)
+    ref, ref_lse = exact(q, k, v, causal=causal, causal_align=align, layout=layout, sm_scale=sm_scale)
+    emu, emu_lse = emulate(choice.spec, q, k, v, causal_align=align, layout=layout, sm_scale=sm_scale)
+    e = errors(o, lse, ref, ref_lse, emu, emu_lse)
+    report.add(test=request.node.name, variant=choice.spec.name, **e)
+    # rows that see no key: output 0 and LSE -inf, as exact attention
+    none_seen = torch.isneginf(ref_lse)
+    assert torch.equal(torch.isneginf(lse), none_seen)
+    assert torch.isfinite(o).all()
+    assert e["exact"] < bound, e
+    assert e["emul"] <= 0.5 * e["exact"] + e["round"], e  # see gpu_util.errors
+    assert e["lse_exact"] < lse_bound and e["lse_emul"] < 0.01, e
+    return o, lse, e
+
+
+# --- odd lengths, layouts, alignments, GQA ---------------------------------------------------------------------
+LENGTHS = [(1, 1), (1, 4097), (17, 17), (17, 1000), (1000, 1000), (1000, 17), (4097, 4097), (4097, 1)]
+
+
+@pytest.mark.parametrize("nq,nk", LENGTHS)
+@pytest.mark.parametrize("causal,align", [(False, "bottom_right"), (True, "bottom_right"), (True, "top_left")])
+def test_odd_lengths(gpu_kernels, report, request, nq, nk, causal, align):
+    i = LENGTHS.index((nq, nk))
+    layout = "NHD" if i % 2 else "HND"
+    Hq, Hkv = [(4, 1), (4, 2), (2, 2)][i % 3]
+    d = [128, 64, 72, 120][i % 4]
+    dtype = BF16 if i % 2 == 0 else F16
+    q, k, v = inputs(B=2 if max(nq, nk) < 2000 else 1, Hq=Hq, Hkv=Hkv, nq=nq, nk=nk, d=d, dtype=dtype,
+                     layout=layout, seed=seed_of(request.node.name))
+    o, lse, _ = run_and_check(request, report, q, k, v, causal=causal, align=align, layout=layout,
+                              bound=0.03 if min(nq, nk) > 1 else 0.05)
+    if causal and align == "bottom_right" and nq > nk:
+        rows = (slice(None), slice(None), slice(0, nq - nk)) if layout == "HND" else \
+            (slice(None), slice(0, nq - nk))
+        assert (o[rows] == 0).all()  # the first nq - nk queries see no key
+
+
+# (rel-L1, LSE) bounds against exact attention; heavy tails (Student-t, 3 dof) make per-block INT8 scales coarse:
+# the emulation itself is off by ~2 in LSE there, so only the kernel-vs-emulation bounds say something.
+DISTS = {"normal": (0.03, 0.05), "outliers": (0.05, 0.05), "heavy": (0.2, 10.0), "zeros": (0.03, 0.05)}
+
+
+@pytest.mark.parametrize("dist", list(DISTS))
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("causal", [False, True])
+def test_distributions(gpu_kernels, report, request, dist, d, causal):
+    q, k, v = inputs(dist, B=2, Hq=4, Hkv=2, nq=1000, nk=1000, d=d, seed=seed_of(request.node.name))
+    bound, lse_bound = DISTS[dist]
+    run_and_check(request, report, q, k, v, causal=causal, bound=bound, lse_bound=lse_bound)
+
+
+@pytest.mark.parametrize("out_dtype", [F16, BF16])
+def test_out_dtype_and_sm_scale(gpu_kernels, report, request, out_dtype):
+    q, k, v = inputs(B=1, Hq=2, nq=333, nk=333, d=128, dtype=BF16 if out_dtype == F16 else F16,
+                     seed=seed_of(request.node.name))
+    run_and_check(request, report, q, k, v, causal=True, out_dtype=out_dtype, sm_scale=0.05)
+
+
+def test_accuracy_at_8k(gpu_kernels, report, request):
+    """N(0,1), d=128, N=8k: the kernel's rel-L1 against exact attention is what its scheme allows (the emulation's
+    own error, plus output rounding). Printed next to the issue's goal of 0.012: the per-block INT8 scheme itself
+    sits near 0.013 on N(0,1) (ACCURACY.md), so the goal is a statement about the scheme, not this test's bound."""
+    q, k, v = inputs(B=1, Hq=2, nq=8192, nk=8192, d=128, seed=seed_of(request.node.name))
+    _, _, e = run_and_check(request, report, q, k, v, causal=False, bound=0.03)
+    print(f"\nrel-L1 vs exact at N=8192: kernel {e['exact']:.5f}, its emulation {e['scheme']:.5f} (goal 0.012)")
+    assert e["exact"] <= 1.05 * e["scheme"] + e["round"], e
+
+
+# --- outputs written exactly where they should be -----------------------------------------------------------------
+@pytest.mark.parametrize("n", [1, 17, 1000])
+@pytest.mark.parametrize("layout", ["HND", "NHD"])
+def test_poisoned_output_every_element_written_and_no_more(gpu_kernels, n, layout):
+    """``out`` is a view into a NaN-filled buffer with extra tokens and channels: every element of the view gets
+    written, nothing around it does (tails masked, no out-of-bounds stores)."""
+    q, k, v = inputs(B=2, Hq=4, Hkv=2, nq=n, nk=n + 5, d=120, layout=layout, seed=n)
+    spec = api.describe(q, k, v, is_causal=True, tensor_layout=layout, sdpa_fallback=False).spec
+    big = (2, 4, n + 7, 128) if layout == "HND" else (2, n + 7, 4, 128)
+    buf = torch.full(big, float("nan"), device="cuda", dtype=BF16)
+    out = buf[:, :, :n, :120] if layout == "HND" else buf[:, :n, :, :120]
+    o, lse = A.forward(q, k, v, spec, layout=layout, sm_scale=120 ** -0.5, causal_offset=5, return_lse=True, out=out)
+    torch.cuda.synchronize()
+    assert o.data_ptr() == out.data_ptr()
+    assert torch.isfinite(out).all() and torch.isfinite(lse).all()
+    rest = torch.ones(big, dtype=torch.bool, device="cuda")
+    if layout == "HND":
+        rest[:, :, :n, :120] = False
+    else:
+        rest[:, :n, :, :120] = False
+    assert torch.isnan(buf[rest]).all()
+
+
+def test_nan_propagates_like_sdpa(gpu_kernels):
+    """A NaN in K or V poisons its (batch, kv head): those heads' outputs are NaN, every other head is finite."""
+    q, k, v = inputs(B=2, Hq=4, Hkv=2, nq=256, nk=256, d=128, seed=7)
+    k = k.clone()
+    k[1, 0, 100, 5] = float("nan")
+    v = v.clone()
+    v[0, 1, 3, 7] = float("inf")
+    o = sagegen.attention(q, k, v, sdpa_fallback=False)
+    nan_heads = {(1, 0), (1, 1), (0, 2), (0, 3)}  # kv head 0 of batch 1 feeds q heads 0, 1; kv 1 of batch 0: 2, 3
+    for b in range(2):
+        for h in range(4):
+            if (b, h) in nan_heads:
+                assert not torch.isfinite(o[b, h]).all(), (b, h)
+            else:
+                assert torch.isfinite(o[b, h]).all(), (b, h)
+    q2, k2, v2 = inputs(B=2, Hq=4, Hkv=2, nq=256, nk=256, d=128, seed=7)
+    q2[0, 3, 10, 0] = float("nan")  # one Q element: its scale group's rows (row 10 among them) become NaN
+    o2 = sagegen.attention(q2, k2, v2, sdpa_fallback=False)
+    assert torch.isnan(o2[0, 3, 10]).all() and torch.isfinite(o2[1]).all() and torch.isfinite(o2[0, :3]).all()
+
+
+def test_deterministic(gpu_kernels):
+    q, k, v = inputs(B=2, Hq=4, nq=700, nk=700, d=128, seed=3)
+    a = sagegen.attention(q, k, v, is_causal=True, sdpa_fallback=False)
+    b = sagegen.attention(q, k, v, is_causal=True, sdpa_fallback=False)
+    assert torch.equal(a, b)
+
+
+# --- torch.compile, CUDA graphs, streams, devices -----------------------------------------------------------------
+def test_torch_compile_fullgraph_matches_eager(gpu_kernels):
+    q, k, v = inputs(B=2, Hq=4, Hkv=2, nq=300, nk=517, d=128, seed=11)
+
+    def f(q, k, v):
+        o, lse = sagegen.attention(q, k, v, is_causal=True, return_lse=True, sdpa_fallback=False)
+        return o * 2, lse
+
+    eager = f(q, k, v)
+    for kw in ({}, {"dynamic": True}, {"mode": "reduce-overhead"}):
+        torch._dynamo.reset()
+        cf = torch.compile(f, fullgraph=True, **kw)
+        for _ in range(3):  # reduce-overhead records a CUDA graph on a later call
+            got = cf(q, k, v)
+        torch.testing.assert_close(got[0], eager[0], rtol=0, atol=0)
+        torch.testing.assert_close(got[1], eager[1], rtol=0, atol=0)
+
+
+def test_torch_compile_sdpa_entry_point(gpu_kernels):
+    q, k, v = inputs(B=1, Hq=4, Hkv=4, nq=256, nk=256, d=64, seed=12)
+    f = torch.compile(lambda q, k, v: sagegen.sdpa(q, k, v, is_causal=True), fullgraph=True)
+    torch.testing.assert_close(f(q, k, v), sagegen.sdpa(q, k, v, is_causal=True), rtol=0, atol=0)
+
+
+def test_cuda_graph_capture_and_replay(gpu_kernels):
+    q, k, v = inputs(B=2, Hq=4, Hkv=2, nq=1000, nk=1000, d=128, seed=13)
+    kw = dict(is_causal=True, return_lse=True, sdpa_fallback=False)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):  # warm-up on a side stream, as torch's CUDA-graph docs ask
+        sagegen.attention(q, k, v, **kw)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        o, lse = sagegen.attention(q, k, v, **kw)
+    q2, k2, v2 = inputs(B=2, Hq=4, Hkv=2, nq=1000, nk=1000, d=128, seed=14)
+    for dst, src in ((q, q2), (k, k2), (v, v2)):
+        dst.copy_(src)
+    g.replay()
+    torch.cuda.synchronize()
+    ref_o, ref_lse = sagegen.attention(q2, k2, v2, **kw)
+    assert torch.equal(o, ref_o) and torch.equal(lse, ref_lse)
+
+
+def test_no_autotuning_during_capture(gpu_kernels, monkeypatch, tmp_path):
+    monkeypatch.setenv("SAGEGEN_AUTOTUNE", "1")
+    monkeypatch.setenv("SAGEGEN_AUTOTUNE_FILE", str(tmp_path / "autotune.json"))
+    monkeypatch.setattr(registry, "time_us", lambda *a, **k: pytest.fail("timed during capture"))
+    q, k, v = inputs(B=1, Hq=2, nq=384, nk=384, d=64, seed=15)
+    key = api.inspect_inputs(q, k, v).key()
+    spec = registry.heuristic(key, sm_count=api.sm_count(q.device.index))
+    sagegen.attention(q, k, v, variant=spec)  # load the kernel eagerly (no tuning with a forced variant)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        assert registry.autotune(q, k, v).source == "heuristic"
+        o = sagegen.attention(q, k, v)
+    g.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(o, sagegen.attention(q, k, v, variant=spec))
+    assert not (tmp_path / "autotune.json").exists()
+
+
+def test_runs_on_a_side_stream(gpu_kernels):
+    q, k, v = inputs(B=2, Hq=4, nq=2048, nk=2048, d=128, seed=16)
+    ref = sagegen.attention(q, k, v, sdpa_fallback=False)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        o = sagegen.attention(q, k, v, sdpa_fallback=False)
+        o2 = o * 1  # queued behind the kernel on s: wrong only if the kernel ran on another stream
+    s.synchronize()
+    assert torch.equal(o2, ref)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs a second GPU")
+def test_second_gpu(gpu_kernels):
+    q, k, v = inputs(B=2, Hq=4, Hkv=2, nq=500, nk=700, d=128, seed=17)
+    ref = sagegen.attention(q, k, v, is_causal=True, sdpa_fallback=False)
+    assert torch.cuda.current_device() == 0
+    q1, k1, v1 = (t.to("cuda:1") for t in (q, k, v))
+    o = sagegen.attention(q1, k1, v1, is_causal=True, sdpa_fallback=False)
+    assert o.device == q1.device and torch.cuda.current_device() == 0
+    torch.cuda.synchronize(1)
+    if torch.cuda.get_device_capability(0) == torch.cuda.get_device_capability(1):
+        assert torch.equal(o.cpu(), ref.cpu())
+    else:
+        assert rel_l1(o.cpu(), ref.cpu()) < 0.02
+
+
+# --- sdpa() against torch ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("nq,nk", [(256, 256), (100, 300)])
+@pytest.mark.parametrize("gqa", [False, True])
+def test_sdpa_matches_torch(gpu_kernels, nq, nk, gqa):
+    q, k, v = inputs(B=2, Hq=4, Hkv=2 if gqa else 4, nq=nq, nk=nk, d=64, seed=nq + gqa)
+    ref = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True,
+                                                           enable_gqa=gqa)  # top-left, as torch defines it
+    o = sagegen.sdpa(q, k, v, is_causal=True, enable_gqa=gqa)
+    assert o.dtype == q.dtype and rel_l1(o, ref) < 0.03
+
+
+def test_sdpa_rejections_on_gpu(gpu_kernels):
+    q, k, v = inputs(B=1, Hq=4, Hkv=2, nq=64, nk=64, d=64)
+    with pytest.raises(ValueError, match="enable_gqa"):
+        sagegen.sdpa(q, k, v)
+    with pytest.raises(ValueError, match="attn_mask"):
+        sagegen.sdpa(q, k, v, attn_mask=torch.ones(64, 64, dtype=torch.bool, device="cuda"), enable_gqa=True)
+    with pytest.raises(ValueError, match="dropout_p"):
+        sagegen.sdpa(q, k, v, dropout_p=0.1, enable_gqa=True)
+
+
+# --- the autotuner on the GPU -----------------------------------------------------------------------------------
+def test_autotune_persists_and_is_used(gpu_kernels, monkeypatch, tmp_path):
+    path = tmp_path / "autotune.json"
+    monkeypatch.setenv("SAGEGEN_AUTOTUNE_FILE", str(path))
+    q, k, v = inputs(B=2, Hq=8, nq=1024, nk=1024, d=128, seed=18)
+    choice = registry.autotune(q, k, v, warmup=2, reps=5)
+    data = json.loads(path.read_text())
+    (env, entry), = data["environments"].items()
+    assert entry["gpu"] == torch.cuda.get_device_name() and torch.__version__ in env
+    shapes = entry["shapes"][api.inspect_inputs(q, k, v).key().tag]
+    names = registry.candidates(api.inspect_inputs(q, k, v).key())
+    assert set(names) <= set(shapes["us"]) | set(shapes["errors"]) and not set(names) & set(shapes["errors"])
+    assert all(t > 0 for t in shapes["us"].values())
+    assert {"sdpa:flash", "sdpa:cudnn"} & (set(shapes["us"]) | set(shapes["errors"]))
+    best = min(shapes["us"], key=shapes["us"].get)
+    assert choice.name == best and choice.source == "tuned"
+    print(f"\nautotune {q.shape}: best {best} {shapes['us'][best]:.1f} us; sdpa: "
+          f"{ {n: t for n, t in shapes['us'].items() if n.startswith('sdpa')} }")
+    # attention() now runs the winner; nothing is timed again, also after a restart (fresh in-memory state)
+    registry.clear_caches()
+    monkeypatch.setattr(registry, "time_us", lambda *a, **kw: pytest.fail("re-timed a stored candidate"))
+    assert registry.autotune(q, k, v).name == best
+    assert api.describe(q, k, v).name == best
+    assert api.describe(q, k, v, sdpa_fallback=False).kind == "kernel"
+    monkeypatch.setenv("SAGEGEN_AUTOTUNE", "1")
+    o = sagegen.attention(q, k, v)
+    assert o.shape == q.shape and torch.isfinite(o).all()
+
+
+def test_sdpa_fallback_runs_sdpa(gpu_kernels, monkeypatch, tmp_path):
+    path = tmp_path / "autotune.json"
+    monkeypatch.setenv("SAGEGEN_AUTOTUNE_FILE", str(path))
+    q, k, v = inputs(B=1, Hq=4, nq=512, nk=512, d=128, seed=19)
+    shape = api.inspect_inputs(q, k, v, is_causal=True)
+    backend = next((b for b in registry.SDPA_BACKENDS if api.sdpa_supported(b, shape, q, k, v)), None)
+    if backend is None:
+        pytest.skip("neither flash nor cuDNN SDPA runs this shape here")
+    key = shape.key()
+    registry.record(registry.environment(q.device.index)[0], {}, key,
+                    {registry.candidates(key)[0]: 1e6, "sdpa:" + backend: 1.0}, {})
+    assert api.describe(q, k, v, is_causal=True).name == "sdpa:" + backend
+    o = sagegen.attention(q, k, v, is_causal=True)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    pinned = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}[backend]
+    with sdpa_kernel(pinned):
+        ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.testing.assert_close(o, ref)  # torch's own backend on the same inputs: exact bf16 attention
+    nhd = [t.transpose(1, 2).contiguous() for t in (q, k, v)]
+    o_nhd = sagegen.attention(*nhd, is_causal=True, tensor_layout="NHD")
+    assert o_nhd.is_contiguous() and o_nhd.shape == nhd[0].shape
+    if api.describe(*nhd, is_causal=True, tensor_layout="NHD").kind == "sdpa":
+        torch.testing.assert_close(o_nhd.transpose(1, 2), ref)
+    else:  # torch cannot run these strides with that backend: the kernel ran
+        assert rel_l1(o_nhd.transpose(1, 2), ref) < 0.03
+    forced = sagegen.attention(q, k, v, is_causal=True, sdpa_fallback=False)
+    assert 0 < rel_l1(forced, ref) < 0.03  # the quantized kernel: close, not identical
+
+
+# --- the quantization kernels against the reference quantizers --------------------------------------------------
+@pytest.mark.parametrize("layout", ["HND", "NHD"])
+@pytest.mark.parametrize("dtype", [F16, BF16])
+@pytest.mark.parametrize("d,n", [(128, 1000), (64, 4097), (72, 17)])
+@pytest.mark.parametrize("groups", [("warp", 128, 32, 64), ("thread", 128, 32, 64), ("block", 64, 64, 128)])
+def test_quantization_kernels_match_reference(gpu_kernels, layout, dtype, d, n, groups):
+    from sagegen.quant_layout import k_groups, q_groups
+    from sagegen.runtime.quant import quantize
+
+    gran, bm, wm, bn = groups
+    qg, kg = q_groups(gran, bm, wm), k_groups(gran, bn)
+    q, k, v = inputs("outliers", B=2, Hq=4, Hkv=2, nq=n, nk=n + 3, d=d, dtype=dtype, layout=layout, seed=n + d)
+    D, nk = padded_dim(d), n + 3
+    for v_mode in ("f16", "e4m3t"):
+        z = quantize(q, k, v, layout=layout, q_groups=qg, k_groups=kg, v_mode=v_mode, with_qk_bias=True)
+        torch.cuda.synchronize()
+        rq = quantize_int8(q, qg, layout=layout)
+        rk = quantize_int8(k, kg, smooth=True, layout=layout)
+        for got, ref, got_s, name in ((z.q8, rq.data, z.q_scale, "q"), (z.k8, rk.data, z.k_scale, "k")):
+            ref_s = rq.scale if name == "q" else rk.scale
+            torch.testing.assert_close(got_s, ref_s, rtol=1e-6, atol=0, msg=f"{name} scales")
+            diff = (got.int() - ref.int()).abs()
+            assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3, f"{name}: int8 values"
+        hnd = (lambda t: t) if layout == "HND" else (lambda t: t.transpose(1, 2))
+        if v_mode == "f16":
+            vz = torch.zeros(2, 2, padded_len(nk), D, device=q.device, dtype=F16)
+            vz[:, :, :nk, :d] = hnd(v).half()
+            assert torch.equal(z.v, vz)
+        else:
+            rv = quantize_v_fp8(v, layout=layout)
+            torch.testing.assert_close(z.v_scale, rv.scale, rtol=1e-6, atol=0)
+            assert (z.v.view(torch.uint8) != rv.data.view(torch.uint8)).float().mean() < 1e-3
+        mean_k = hnd(k).float().mean(dim=2)  # [B, Hkv, d]
+        bias = torch.einsum("bhgnd,bhd->bhgn", hnd(q).float().reshape(2, 2, 2, n, d), mean_k).reshape(2, 4, n)
+        torch.testing.assert_close(z.qk_bias, bias, rtol=1e-4, atol=1e-3)
+
+
+# --- opcheck with the real kernels ------------------------------------------------------------------------------
+def test_opcheck(gpu_kernels):
+    q, k, v = inputs(B=1, Hq=4, Hkv=2, nq=200, nk=300, d=128, dtype=BF16, seed=20)
+    qargs = (q, k, v, "HND", 32, 1, 64, 1, "f16", True)
+    torch.library.opcheck(torch.ops.sagegen.quantize.default, qargs)
+    z = torch.ops.sagegen.quantize.default(*qargs)
+    spec = api.describe(q, k, v, is_causal=True, return_lse=True, sdpa_fallback=False).spec
+    qg, kg = spec.q_groups, spec.k_groups
+    z = torch.ops.sagegen.quantize.default(q, k, v, "HND", qg.tile, qg.sub, kg.tile, kg.sub, "f16", True)
+    aargs = (z[0], z[1], z[2], z[3], z[4], z[6], spec.name, "HND", "copy", 200, 300, 128, 0.1, 100, True)
+    torch.library.opcheck(torch.ops.sagegen.attn_mma.default, aargs)
+
+
+# --- the hot path -----------------------------------------------------------------------------------------------
+def test_hot_path_overhead(gpu_kernels):
+    """Host time per call at N=128 (the GPU work is a few us): printed; asserted <= 15 us only with
+    SAGEGEN_STRICT_OVERHEAD=1 (the issue's goal), else a loose bound that catches regressions."""
+    q, k, v = inputs(B=1, Hq=8, nq=128, nk=128, d=128, dtype=F16, seed=21)
+    for _ in range(20):
+        sagegen.attention(q, k, v, sdpa_fallback=False)
+    torch.cuda.synchronize()
+    n = 500
+    t = time.perf_counter()
+    for _ in range(n):
+        sagegen.attention(q, k, v, sdpa_fallback=False)
+    host = (time.perf_counter() - t) / n * 1e6
+    torch.cuda.synchronize()
+    wall = (time.perf_counter() - t) / n * 1e6
+    print(f"\nhot path at N=128: {host:.1f} us host per call, {wall:.1f} us wall per call")
+    limit = 15.0 if os.environ.get("SAGEGEN_STRICT_OVERHEAD") == "1" else 500.0
+    assert host <= limit
+
+
+def test_default_scale_matches_math(gpu_kernels):
+    q, k, v = inputs(B=1, Hq=2, nq=128, nk=128, d=72, seed=22)
+    a = sagegen.attention(q, k, v, sdpa_fallback=False)
+    b = sagegen.attention(q, k, v, sm_scale=1 / math.sqrt(72), sdpa_fallback=False)
+    assert torch.equal(a, b)

@@ -1,0 +1,333 @@
+"""The registry on the CPU: buckets, the heuristic for every arch, the JSON table (round trip, merge, corrupt
+files), choosing with and without SDPA, and the autotuner's flow with timing mocked (fake GPU)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import sagegen
+from sagegen.arch import ARCHES, DEFAULT_ARCHES
+from sagegen.runtime import api, registry
+from sagegen.runtime.registry import Choice, Key, make_key
+
+BF16, F16 = torch.bfloat16, torch.float16
+
+
+def key(**kw) -> Key:
+    base = dict(arch="sm90a", dtype="bf16", out="bf16", d=128, causal=False, nq=8192, nk=8192, batch_heads=128, gqa=1)
+    base.update(kw)
+    return make_key(**base)
+
+
+# --- keys -------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("n,b", [(0, 1), (1, 1), (2, 2), (3, 4), (17, 32), (128, 128), (1000, 1024), (4097, 8192),
+                                 (32768, 32768)])
+def test_bucket(n, b):
+    assert registry.bucket(n) == b
+
+
+def test_key_buckets_and_tag():
+    k = key(nq=1000, nk=4097, batch_heads=96, gqa=32)
+    assert (k.nq, k.nk, k.bh, k.gqa) == (1024, 8192, 128, registry.GQA_BUCKET_MAX)
+    tags = {key().tag, key(causal=True).tag, key(d=64).tag, key(out="f16").tag, key(nq=100).tag, key(nk=100).tag,
+            key(gqa=4).tag, key(batch_heads=8).tag, key(arch="sm80").tag, key(dtype="f16").tag}
+    assert len(tags) == 10
+    with pytest.raises(ValueError, match="precision"):
+        key(precision="fast")
+
+
+# --- heuristic --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", list(DEFAULT_ARCHES) + ["sm121a"])
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("out", ["f16", "bf16"])
+def test_heuristic_is_valid_everywhere(arch, d, causal, out):
+    for small in (None, 10_000):
+        spec = registry.heuristic(key(arch=arch, d=d, causal=causal, out=out), sm_count=small)
+        assert spec.arch == arch and spec.d == d and spec.causal == causal and spec.o == out
+        assert spec.acc == "f32" and (spec.qg, spec.kg) == ("warp", "block")
+        assert spec.name in registry.candidates(key(arch=arch, d=d, causal=causal, out=out))
+
+
+def test_heuristic_tile_rule():
+    big = registry.heuristic(key(), sm_count=132)  # 128 heads x 64 tiles: a full grid
+    assert (big.m, big.n, big.w, big.s) == registry.PREFERRED_TILES[0]
+    small = registry.heuristic(key(nq=256, batch_heads=8), sm_count=132)  # 8 x 2 CTAs of 128 rows
+    assert small.m == 64
+    assert registry.heuristic(key(nq=256, batch_heads=8)).m == 128  # unknown SM count: full-grid rule
+
+
+def test_candidates_are_the_accurate_variants():
+    names = registry.candidates(key())
+    assert names and all("_acc_f32_" in n and "_o_bf16_d128_" in n and n.endswith("_full") for n in names)
+    with_sdpa = registry.candidates(key(), include_sdpa=True)
+    assert with_sdpa[len(names):] == ["sdpa:flash", "sdpa:cudnn"]
+
+
+# --- the table --------------------------------------------------------------------------------------------------
+def test_record_and_reload_round_trip(tmp_path):
+    path = tmp_path / "autotune.json"
+    k = key()
+    a, b = registry.candidates(k)[:2]
+    registry.record("gpu-A", {"gpu": "A"}, k, {a: 10.0}, {}, path)
+    registry.record("gpu-A", {"gpu": "A"}, k, {b: 8.0}, {"sdpa:cudnn": "boom"}, path)  # merges, keeps a
+    registry.clear_caches()
+    got = registry.stored("gpu-A", k, path)
+    assert got["us"] == {a: 10.0, b: 8.0} and got["errors"] == {"sdpa:cudnn": "boom"}
+    data = json.loads(path.read_text())
+    env = data["environments"]["gpu-A"]
+    assert data["format"] == registry.TABLE_FORMAT and env["gpu"] == "A" and k.tag in env["shapes"]
+    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".tmp"] == []  # atomic write leaves no temp file
+    choice = registry.choose(k, env="gpu-A", path=path)
+    assert choice == Choice("kernel", spec=registry.candidate_specs(k)[[s.name for s in
+                            registry.candidate_specs(k)].index(b)], source="tuned")
+    assert registry.choose(k, env="gpu-B", path=path).source == "heuristic"
+    assert registry.choose(k, env=None, path=path).source == "heuristic"
+
+
+def test_default_path_is_in_the_cache_root(sagegen_cache_dir):
+    assert registry.table_path() == sagegen_cache_dir / "autotune.json"
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"format": 99, "environments": {}}', ""])
+def test_corrupt_table_is_ignored_with_a_warning_then_replaced(tmp_path, text):
+    path = tmp_path / "autotune.json"
+    path.write_text(text)
+    with pytest.warns(RuntimeWarning, match="corrupt"):
+        assert registry.stored("gpu", key(), path) == {"us": {}, "errors": {}}
+    name = registry.candidates(key())[0]
+    with pytest.warns(RuntimeWarning):
+        registry.record("gpu", {}, key(), {name: 1.0}, {}, path)
+    registry.clear_caches()
+    assert registry.stored("gpu", key(), path)["us"] == {name: 1.0}
+
+
+def test_stale_and_garbage_entries_are_ignored(tmp_path):
+    path = tmp_path / "autotune.json"
+    k = key()
+    good = registry.candidates(k)[3]
+    gone = "attn_mma_sm90a_qk_i8_pv_f16_acc_f32_o_bf16_d128_m256_n32_w4_s2_b1_qg_warp_kg_block_full"
+    registry.record("g", {}, k, {gone: 1.0, good: 5.0, "sdpa:xla": 0.5}, {}, path)
+    assert registry.choose(k, env="g", sdpa_ok=True, path=path).name == good
+
+
+def test_sdpa_wins_only_where_it_may(tmp_path):
+    path = tmp_path / "autotune.json"
+    k = key()
+    fastest_kernel = registry.candidates(k)[1]
+    registry.record("g", {}, k, {fastest_kernel: 100.0, registry.candidates(k)[0]: 120.0, "sdpa:flash": 90.0,
+                                 "sdpa:cudnn": 95.0}, {}, path)
+    assert registry.choose(k, env="g", sdpa_ok=True, path=path) == Choice("sdpa", backend="flash", source="tuned")
+    assert registry.choose(k, env="g", sdpa_ok=False, path=path).name == fastest_kernel
+    assert registry.choose(k, env="g", sdpa_ok=True, allow_sdpa=False, path=path).name == fastest_kernel
+
+
+# --- the autotuner (fake GPU, timing mocked) -------------------------------------------------------------------
+@pytest.fixture
+def tuner(fake_gpu, monkeypatch):
+    """Mocks: no compiles, timings from a per-name table, SDPA runnable and returning the kernel's output."""
+    from sagegen import build as build_mod
+    from sagegen.build import BuildResult
+
+    state = {"timed": [], "us": {}, "built": [], "capturing": False, "sdpa_ok": True, "sdpa_out": None}
+
+    def fake_build(specs, **kw):
+        state["built"] += [s.name for s in specs]
+        return BuildResult(cached=[s.name for s in specs])
+
+    def fake_time(fn, warmup=3, reps=10):
+        fn()
+        name = state["current"]
+        state["timed"].append(name)
+        return state["us"].get(name, 200.0)
+
+    real_run_kernel = api.Plan._run_kernel
+
+    def run_kernel(self, q, k, v, scale):
+        state["current"] = self.choice.name
+        out = real_run_kernel(self, q, k, v, scale)
+        (out[0] if isinstance(out, tuple) else out).fill_(1.0)  # the fake GPU leaves outputs unwritten
+        return out
+
+    def run_sdpa(self, q, k, v, scale):
+        state["current"] = self.choice.name
+        state.setdefault("sdpa_calls", []).append(self.choice.backend)
+        return state["sdpa_out"] if state["sdpa_out"] is not None else torch.ones_like(q)
+
+    monkeypatch.setattr(build_mod, "build", fake_build)
+    monkeypatch.setattr(registry, "time_us", fake_time)
+    monkeypatch.setattr(registry, "_is_capturing", lambda idx: state["capturing"])
+    monkeypatch.setattr(api, "_is_capturing", lambda dev: state["capturing"])
+    monkeypatch.setattr(api, "sdpa_supported", lambda b, shape, q, k, v: state["sdpa_ok"] and api.sdpa_eligible(shape))
+    monkeypatch.setattr(api.Plan, "_run_kernel", run_kernel)
+    monkeypatch.setattr(api.Plan, "_run_sdpa", run_sdpa)
+    # the Plan binds run at construction: rebind through the patched methods
+    real_init = api.Plan.__init__
+
+    def init(self, shape, choice):
+        real_init(self, shape, choice)
+        self.run = self._run_sdpa if choice.kind == "sdpa" else self._run_kernel
+
+    monkeypatch.setattr(api.Plan, "__init__", init)
+    return state
+
+
+def qkv(nq=256, nk=256, Hq=4, Hkv=4, dtype=BF16, d=128):
+    z = torch.zeros(2, Hq, nq, d, dtype=dtype)
+    return z, torch.zeros(2, Hkv, nk, d, dtype=dtype), torch.zeros(2, Hkv, nk, d, dtype=dtype)
+
+
+def test_autotune_times_everything_once_and_persists(tuner, sagegen_cache_dir):
+    q, k, v = qkv()
+    kkey = api.inspect_inputs(q, k, v).key()
+    names = registry.candidates(kkey)
+    tuner["us"] = {names[2]: 50.0, "sdpa:flash": 70.0, "sdpa:cudnn": 60.0}
+    choice = registry.autotune(q, k, v)
+    assert choice.name == names[2] and choice.source == "tuned"
+    assert sorted(tuner["timed"]) == sorted(names + ["sdpa:flash", "sdpa:cudnn"])
+    assert sorted(tuner["built"]) == sorted(names)
+    data = json.loads((sagegen_cache_dir / "autotune.json").read_text())
+    entry = data["environments"]["test-gpu"]["shapes"][kkey.tag]
+    assert set(entry["us"]) == set(names) | {"sdpa:flash", "sdpa:cudnn"}
+    tuner["timed"].clear()
+    assert registry.autotune(q, k, v).name == names[2]
+    assert tuner["timed"] == []  # nothing left to time
+
+
+def test_a_new_candidate_is_timed_alone(tuner):
+    q, k, v = qkv()
+    registry.autotune(q, k, v)
+    kkey = api.inspect_inputs(q, k, v).key()
+    path = registry.table_path()
+    data = json.loads(path.read_text())
+    missing = registry.candidates(kkey)[4]
+    del data["environments"]["test-gpu"]["shapes"][kkey.tag]["us"][missing]
+    path.write_text(json.dumps(data))
+    registry.clear_caches()
+    tuner["timed"].clear()
+    registry.autotune(q, k, v)
+    assert tuner["timed"] == [missing]
+
+
+def test_retune_times_everything_again(tuner):
+    q, k, v = qkv()
+    registry.autotune(q, k, v)
+    n = len(tuner["timed"])
+    registry.autotune(q, k, v, retune=True)
+    assert len(tuner["timed"]) == 2 * n
+
+
+def test_no_tuning_during_capture(tuner, sagegen_cache_dir):
+    tuner["capturing"] = True
+    q, k, v = qkv()
+    choice = registry.autotune(q, k, v)
+    assert choice.source == "heuristic" and tuner["timed"] == []
+    assert not (sagegen_cache_dir / "autotune.json").exists()
+
+
+def test_sdpa_is_not_a_candidate_where_it_computes_something_else(tuner):
+    for q, k, v, kw in [(*qkv(Hq=8, Hkv=4), {}),  # GQA
+                        (*qkv(nq=128, nk=256), {"is_causal": True}),  # causal with Nq != Nk
+                        (*qkv(), {"return_lse": True}), (*qkv(), {"out_dtype": F16})]:
+        tuner["timed"].clear()
+        registry.autotune(q, k, v, **kw)
+        assert tuner["timed"] and not any(t.startswith("sdpa:") for t in tuner["timed"])
+
+
+def test_sdpa_that_disagrees_is_recorded_as_an_error(tuner):
+    q, k, v = qkv()
+    tuner["sdpa_out"] = torch.full_like(q, 7.0)
+    tuner["us"] = {"sdpa:flash": 1.0}
+    choice = registry.autotune(q, k, v)
+    assert choice.kind == "kernel"
+    errors = registry.stored("test-gpu", api.inspect_inputs(q, k, v).key())["errors"]
+    assert "disagrees" in errors["sdpa:flash"]
+
+
+def test_failed_build_is_recorded_and_the_rest_timed(tuner, monkeypatch):
+    from sagegen import build as build_mod
+    from sagegen.build import BuildResult
+
+    q, k, v = qkv()
+    names = registry.candidates(api.inspect_inputs(q, k, v).key())
+    monkeypatch.setattr(build_mod, "build", lambda specs, **kw: BuildResult(
+        cached=[s.name for s in specs[1:]], failed={specs[0].name: "CompileError: nope"}))
+    registry.autotune(q, k, v, include_sdpa=False)
+    assert names[0] not in tuner["timed"] and set(tuner["timed"]) == set(names[1:])
+    errors = registry.stored("test-gpu", api.inspect_inputs(q, k, v).key())["errors"]
+    assert errors == {names[0]: "CompileError: nope"}
+
+
+# --- attention() with the registry -------------------------------------------------------------------------------
+def test_env_autotune_tunes_each_new_key_once(tuner, monkeypatch):
+    monkeypatch.setenv("SAGEGEN_AUTOTUNE", "1")
+    q, k, v = qkv()
+    names = registry.candidates(api.inspect_inputs(q, k, v).key())
+    tuner["us"] = {names[5]: 10.0}
+    sagegen.attention(q, k, v)
+    n = len(tuner["timed"])
+    assert n == len(names) + 2
+    sagegen.attention(q, k, v)
+    sagegen.attention(q[:, :, :200], k, v)  # same key (bucket 256): no tuning
+    assert len(tuner["timed"]) == n
+
+
+def test_env_autotune_during_capture_uses_the_heuristic_and_does_not_cache(tuner, monkeypatch, fake_gpu):
+    monkeypatch.setenv("SAGEGEN_AUTOTUNE", "1")
+    tuner["capturing"] = True
+    q, k, v = qkv()
+    sagegen.attention(q, k, v)
+    assert tuner["timed"] == [] and not api._plans
+    heuristic = registry.heuristic(api.inspect_inputs(q, k, v).key(), sm_count=132)
+    assert fake_gpu.attn()[-1][0].name == heuristic.name
+    tuner["capturing"] = False
+    sagegen.attention(q, k, v)  # after capture: tunes
+    assert tuner["timed"]
+
+
+def _sdpa_wins(q, k, v):
+    kkey = api.inspect_inputs(q, k, v).key()
+    registry.record("test-gpu", {}, kkey, {registry.candidates(kkey)[0]: 100.0, "sdpa:cudnn": 50.0}, {})
+
+
+def test_attention_calls_sdpa_when_it_won(tuner, fake_gpu):
+    q, k, v = qkv()
+    _sdpa_wins(q, k, v)
+    sagegen.attention(q, k, v)
+    assert tuner.get("sdpa_calls") == ["cudnn"] and not fake_gpu.attn()
+
+
+@pytest.mark.parametrize("how", ["param", "env"])
+def test_force_kernel_disables_the_sdpa_fallback(tuner, fake_gpu, monkeypatch, how):
+    q, k, v = qkv()
+    _sdpa_wins(q, k, v)
+    if how == "env":
+        monkeypatch.setenv("SAGEGEN_FORCE_KERNEL", "1")
+        sagegen.attention(q, k, v)
+    else:
+        sagegen.attention(q, k, v, sdpa_fallback=False)
+    assert not tuner.get("sdpa_calls")
+    kkey = api.inspect_inputs(q, k, v).key()
+    assert fake_gpu.attn()[0][0].name == registry.candidates(kkey)[0]
+
+
+def test_sdpa_fallback_skipped_when_torch_cannot_run_the_exact_shape(tuner, fake_gpu):
+    q, k, v = qkv()
+    _sdpa_wins(q, k, v)
+    tuner["sdpa_ok"] = False
+    sagegen.attention(q, k, v)
+    assert not tuner.get("sdpa_calls") and fake_gpu.attn()
+
+
+def test_sdpa_fallback_not_used_for_lse_or_other_out_dtype(tuner, fake_gpu):
+    q, k, v = qkv()
+    _sdpa_wins(q, k, v)
+    sagegen.attention(q, k, v, return_lse=True)
+    assert not tuner.get("sdpa_calls") and len(fake_gpu.attn()) == 1
+
+
+def test_choose_every_arch_without_a_table():
+    for arch in ARCHES:
+        assert registry.choose(key(arch=arch)).kind == "kernel"

@@ -1,0 +1,98 @@
+"""The GPU scripts' CPU-checkable parts: scripts/bench.py's arithmetic, table and chart, and the variants
+scripts/sanitize_small.py picks."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"_script_{name}", SCRIPTS / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_tops():
+    bench = load("bench")
+    # 4 * 4 * 32 * 8192^2 * 128 = 4.398e12 flop in 10 ms: 439.8 TOPS; causal counts half the work
+    assert bench.tops(4, 32, 8192, 128, False, 10.0) == pytest.approx(439.80, rel=1e-4)
+    assert bench.tops(4, 32, 8192, 128, True, 5.0) == pytest.approx(439.80, rel=1e-4)
+
+
+def test_quant_bytes():
+    bench = load("bench")
+    b, h, n, d = 4, 32, 8192, 128
+    el = b * h * n * d
+    got = bench.quant_bytes(b, h, h, n, n, d, in_bytes=2, v_copy=True, q_scales=n // 32, k_scales=n // 64,
+                            stats_splits=16)
+    stats = el * 2 + 2 * b * h * 16 * d * 4
+    read, write = 3 * el * 2, 2 * el + el * 2 + b * h * (n // 32 + n // 64) * 4
+    assert got == stats + read + write
+    # fp16 V read in place: V is neither read nor written by the qkv pass
+    no_v = bench.quant_bytes(b, h, h, n, n, d, in_bytes=2, v_copy=False, q_scales=n // 32, k_scales=n // 64,
+                             stats_splits=16)
+    assert got - no_v == el * 2 + el * 2
+    # odd N and d are padded in the int8 buffers
+    assert bench.quant_bytes(1, 1, 1, 1, 1, 72, in_bytes=2, v_copy=False, q_scales=4, k_scales=2,
+                             stats_splits=1) == 72 * 2 + 2 * 128 * 4 + 2 * 72 * 2 + 2 * 128 * 128 + 6 * 4
+
+
+ROWS = [
+    {"d": 128, "n": 8192, "causal": False, "method": "flash", "ms": 1.0, "tops": 400.0},
+    {"d": 128, "n": 8192, "causal": False, "method": "sage1-triton", "ms": 1.0, "tops": 420.0},
+    {"d": 128, "n": 8192, "causal": False, "method": "sagegen-kernel", "ms": 1.0, "tops": 520.0,
+     "variant": "attn_mma_sm90a_qk_i8_pv_f16_acc_f32_o_bf16_d128_m128_n32_w4_s2_b1_qg_warp_kg_block_full"},
+    {"d": 128, "n": 8192, "causal": False, "method": "sagegen-e2e", "ms": 1.0, "tops": 483.0, "rel_l1": 0.0071,
+     "variant": "attn_mma_sm90a_qk_i8_pv_f16_acc_f32_o_bf16_d128_m128_n32_w4_s2_b1_qg_warp_kg_block_full"},
+    {"d": 128, "n": 8192, "causal": False, "method": "cudnn", "ms": None, "tops": None, "error": "x"},
+    {"d": 64, "n": 1024, "causal": True, "method": "flash", "ms": 1.0, "tops": 100.0},
+]
+
+
+def test_format_table():
+    bench = load("bench")
+    text = bench.format_table(ROWS, [{"d": 128, "n": 8192, "us": 300.0, "bytes": 9e8, "gbps": 2500.0,
+                                      "pct_of_copy": 83.3}], 3000.0)
+    lines = text.splitlines()
+    row = next(line for line in lines if line.startswith(" 128  False   8192"))
+    assert "520.0" in row and "483.0" in row and "1.15" in row and "0.0071" in row and "m128_n32_w4" in row
+    assert "copy ceiling 3000 GB/s" in text and "83.3" in text
+    assert any(line.startswith("  64   True   1024") for line in lines)
+
+
+def test_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    bench = load("bench")
+    bench.plot([r for r in ROWS if r.get("tops")], tmp_path / "b.png", "test")
+    assert (tmp_path / "b.png").stat().st_size > 1000
+
+
+def test_bench_help(capsys):
+    bench = load("bench")
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--help"])
+    assert e.value.code == 0 and "--variants" in capsys.readouterr().out
+
+
+def test_sanitize_variants_cover_every_tile_and_granularity():
+    san = load("sanitize_small")
+    from sagegen.variants import select
+
+    specs = san.pick_variants("sm90a", few=False)
+    assert len({s.name for s in specs}) == len(specs) >= 8
+    every = select(["sm90a"], "attn_mma_*")
+    assert {(s.m, s.n, s.w, s.s, s.b) for s in specs} == {(s.m, s.n, s.w, s.s, s.b) for s in every}
+    assert {s.qg for s in specs} == {"warp", "block", "thread"} and {s.acc for s in specs} == {"f32", "f16"}
+    assert {(s.d, s.causal) for s in specs} == {(64, False), (64, True), (128, False), (128, True)}
+    few = san.pick_variants("sm90a", few=True)
+    assert len(few) == 4
+    # every picked variant runs at least one case
+    for spec in specs:
+        assert any((c[5] <= 64) == (spec.d == 64) and c[7] == spec.causal for c in san.CASES), spec.name
+    sys.modules.pop("_script_sanitize_small", None)
