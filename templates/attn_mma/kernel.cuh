@@ -217,9 +217,13 @@ __device__ __forceinline__ void attn_fwd(const Params& p) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) s[mt][jj][e] = __int2float_rn(__float_as_int(s[mt][jj][e]));
       if (masked) apply_mask<C::kCausal>(s[mt], m0 + warp * C::kWarpM + mt * 16 + g, col0, p.nk, p.causal_offset);
-      // An all-zero Q or K group has scale 0; a tiny positive scale keeps -inf * scale = -inf (not NaN).
-      scale[mt][0] = fmaxf(q_scale[mt][0] * k_scale, kMinScale);
-      scale[mt][1] = fmaxf(q_scale[mt][1] * k_scale, kMinScale);
+      // An all-zero Q or K group has scale 0; a tiny positive scale keeps -inf * scale = -inf (not NaN). A NaN
+      // scale (NaN in the inputs) must survive: the comparison is false for NaN, fmaxf would drop it.
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const float sc = q_scale[mt][r] * k_scale;
+        scale[mt][r] = sc < kMinScale ? kMinScale : sc;
+      }
     }
     float alpha[C::kMTiles][2];
     if (online_softmax<C::kMTiles, C::kNTiles, C::kSlack>(s, scale, st, alpha)) {

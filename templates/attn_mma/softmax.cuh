@@ -30,7 +30,7 @@ struct RowState {
 
 // One key block of raw scores (int32 dot products converted to float, masked entries -inf) -> probabilities,
 // for all kMTiles m-tiles of a warp at once so the independent rows' latency chains interleave.
-// scale[mt][r] (> 0) maps a row's raw scores into log2 units (q_scale * k_scale * sm_scale * log2 e), so the
+// scale[mt][r] (> 0) maps this thread's raw scores of a row into log2 units (q_scale * k_scale * sm_scale * log2 e), so the
 // dequantization and the max subtraction are one FFMA per score.
 //
 // Lazy rescaling: a row's reference max moves only when the block max exceeds it by more than kSlack (log2
@@ -51,12 +51,13 @@ __device__ __forceinline__ bool online_softmax(float (&s)[kMTiles][kNTiles][4], 
       for (int w = 1; w < kNTiles; w *= 2)
 #pragma unroll
         for (int j = 0; j + w < kNTiles; j += 2 * w) m[j] = fmaxf(m[j], m[j + w]);
-      block_max[mt][r] = m[0];
+      // Scale before the quad reduction: with per-thread K scales the 4 lanes of a row scale differently.
+      block_max[mt][r] = m[0] * scale[mt][r];  // -inf stays -inf (scale > 0)
     }
 #pragma unroll
   for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
-    for (int r = 0; r < 2; ++r) block_max[mt][r] = quad_max(block_max[mt][r]) * scale[mt][r];  // -inf stays -inf
+    for (int r = 0; r < 2; ++r) block_max[mt][r] = quad_max(block_max[mt][r]);
   bool moved = false;
 #pragma unroll
   for (int mt = 0; mt < kMTiles; ++mt)

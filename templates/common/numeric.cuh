@@ -53,7 +53,11 @@ __device__ __forceinline__ uint16_t pack_e4m3x2(float a, float b) {
   return static_cast<uint16_t>(s);
 }
 
-// Non-negative floats order like their bit patterns, so amax can use integer atomics in shared memory.
+// max that keeps NaN (fmaxf drops it): a NaN input must poison its scale, as it poisons softmax in torch SDPA,
+// rather than vanish in the int8 conversion.
+__device__ __forceinline__ float max_keep_nan(float a, float b) { return (a > b || a != a) ? a : b; }
+
+// Non-negative floats order like their bit patterns (positive NaN above +inf), so amax can use integer atomics in shared memory.
 __device__ __forceinline__ void atomic_max_nonneg(float* addr, float v) {
   atomicMax(reinterpret_cast<int*>(addr), __float_as_int(v));
 }

@@ -59,7 +59,7 @@ __device__ void stats(Tensor4 k, Tensor4 v, int H, int n, int d, int rows_per_sp
       if constexpr (kWithV) {
         unpack8<T>(vv[u], f);
 #pragma unroll
-        for (int i = 0; i < 8; ++i) m[i] = fmaxf(m[i], fabsf(f[i]));
+        for (int i = 0; i < 8; ++i) m[i] = max_keep_nan(m[i], fabsf(f[i]));
       }
     }
   }
@@ -74,7 +74,7 @@ __device__ void stats(Tensor4 k, Tensor4 v, int H, int n, int d, int rows_per_sp
     float acc = 0.f, mx = 0.f;
     for (int r = 0; r < M::kRowsPerPass; ++r) {  // fixed order: deterministic sums
       acc += red[0][r][c];
-      mx = fmaxf(mx, red[1][r][c]);
+      mx = max_keep_nan(mx, red[1][r][c]);
     }
     ksum[out + c] = acc;
     if constexpr (kWithV) vamax[out + c] = mx;
@@ -123,7 +123,7 @@ template <int D> __device__ __forceinline__ float row_sum(float x) {
 }
 template <int D> __device__ __forceinline__ float row_max(float x) {
 #pragma unroll
-  for (int o = RowMap<D>::kVecPerRow / 2; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+  for (int o = RowMap<D>::kVecPerRow / 2; o > 0; o >>= 1) x = max_keep_nan(x, __shfl_xor_sync(0xffffffffu, x, o));
   return x;
 }
 
@@ -160,7 +160,7 @@ __device__ void quantize_int8_chunk(const QkvArgs& a, const Tensor4& x, int H, i
       const bool live = row < n && ch + i < a.d;
       if (is_k) f[i] = live ? f[i] - mean[i] : 0.f;
       else dot += f[i] * mean[i];
-      amax = fmaxf(amax, fabsf(f[i]));
+      amax = max_keep_nan(amax, fabsf(f[i]));
     }
     amax = row_max<D>(amax);
     if (!is_k && a.qk_bias != nullptr) {
@@ -175,7 +175,7 @@ __device__ void quantize_int8_chunk(const QkvArgs& a, const Tensor4& x, int H, i
   for (int p = 0; p < kPasses; ++p) {
     const int lrow = r0 + p * M::kRowsPerPass, row = chunk * kChunk + lrow;
     const float amax = group_amax[scale_index(lrow, tile, sub)];
-    const float inv = amax > 0.f ? 127.f / amax : 0.f;
+    const float inv = amax > 0.f ? 127.f / amax : (amax == 0.f ? 0.f : amax);  // NaN amax -> NaN values
     float f[8];
     unpack8<T>(raw[p], f);
     int32_t qv[8];
@@ -221,8 +221,8 @@ __device__ void quantize_v_e4m3t_chunk(const QkvArgs& a, int chunk_id) {
   for (int c = threadIdx.x; c < D; c += kThreads) {
     float mx = 0.f;
     const float* p = a.vamax + (long long)bh * a.splits * D + c;
-    for (int s = 0; s < a.splits; ++s) mx = fmaxf(mx, p[s * D]);
-    inv_scale[c] = mx > 0.f ? 448.f / mx : 0.f;
+    for (int s = 0; s < a.splits; ++s) mx = max_keep_nan(mx, p[s * D]);
+    inv_scale[c] = mx > 0.f ? 448.f / mx : (mx == 0.f ? 0.f : mx);
     if (chunk == 0) a.v_scale[(long long)bh * D + c] = mx / 448.f;
   }
   __syncthreads();
