@@ -408,12 +408,15 @@ def _traced(q, k, v, is_causal, sm_scale, tensor_layout, return_lse, causal_alig
         raise TypeError(f"sdpa_fallback must be None or bool, got {type(sdpa_fallback).__name__}")
     meta = shape.device.type == "meta"
     bucket = _bucket_traced
-    # Every argument must be a Python constant for dynamo: bool()/int() guard on symbolic sizes (SymBool from
-    # sdpa_eligible's length comparisons, for instance) instead of passing them through.
-    decision = _traced_choice(shape.dtype, shape.out, int(shape.D), bool(shape.causal), bucket(shape.nq),
+    # Every argument must be a Python constant for dynamo. int()/bool() of a SymInt/SymBool stay symbolic under
+    # tracing; branching on them forces a guard and yields a constant (D from padded lengths, SymBool from
+    # sdpa_eligible's length comparisons).
+    D = 64 if shape.D <= 64 else (128 if shape.D <= 128 else 256)
+    causal = True if shape.causal else False
+    sdpa_ok = True if (not meta) and sdpa_eligible(shape) else False
+    decision = _traced_choice(shape.dtype, shape.out, D, causal, bucket(shape.nq),
                               bucket(shape.nk), bucket(shape.B * shape.Hq), bucket(shape.Hq // shape.Hkv),
-                              shape.precision, -1 if meta else shape.device.index,
-                              bool((not meta) and sdpa_eligible(shape)),
+                              shape.precision, -1 if meta else shape.device.index, sdpa_ok,
                               -1 if sdpa_fallback is None else int(sdpa_fallback), variant or "")
     if decision.startswith(registry.SDPA_PREFIX):
         return _sdpa_forward(q, k, v, "auto", shape.layout, shape.causal, scale)
