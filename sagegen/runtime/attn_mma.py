@@ -60,7 +60,7 @@ def run_kernel(p: Prepared, *, sm_scale: float, causal_offset: int = 0, return_l
     nq_pad, nk_pad = padded_len(p.nq), padded_len(p.nk)
     L.launch(spec, (nq_pad // spec.m, p.Hq, p.B), spec.threads, spec.smem_bytes(), idx, stream_handle(p.device),
              qz.q8.data_ptr(), qz.q_scale.data_ptr(), qz.k8.data_ptr(), qz.k_scale.data_ptr(),
-             p.v.data_ptr(), *map(L.i64, p.v_strides), out.data_ptr(), *map(L.i64, bhnd_strides(out, p.layout)),
+             p.v.data_ptr(), *p.v_strides, out.data_ptr(), *bhnd_strides(out, p.layout),
              lse.data_ptr() if lse is not None else 0,
              L.i32(p.Hq), L.i32(p.Hkv), L.i32(p.nq), L.i32(p.nk), L.i32(nq_pad), L.i32(nk_pad), L.i32(p.d),
              L.i32(p.v_rows), L.f32(sm_scale * LOG2E), L.i32(causal_offset))

@@ -18,8 +18,9 @@ _smem_done: set[tuple[str, int, int]] = set()
 _streams: dict[int, object] = {}
 _configs: dict[tuple, object] = {}
 
+# cuda.core passes a Python int as a pointer-sized (64-bit) integer: right for pointers and `long long`
+# strides. 32-bit ints and floats must be numpy scalars (a Python float would go as a double).
 i32 = np.int32
-i64 = np.int64
 f32 = np.float32
 
 
@@ -67,7 +68,7 @@ def _stream(handle: int):
 
 
 def launch(spec: KernelSpec, grid, block, smem: int, device: int, stream_handle: int, *args) -> None:
-    """Launch ``spec``'s kernel. Pointers are Python ints; other scalars must be numpy i32/i64/f32."""
+    """Launch ``spec``'s kernel. Pointers and 64-bit ints are Python ints; `int`/`float` params numpy i32/f32."""
     from cuda.core import launch as cu_launch
 
     name = spec.name

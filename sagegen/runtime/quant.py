@@ -75,7 +75,7 @@ def quantize(q, k, v, *, layout: str, q_groups: ScaleGroups, k_groups: ScaleGrou
     stats = _quant_spec(arch, "stats", x, "e4m3t" if v_mode == "e4m3t" else "none", D)
     ks, vs = bhnd_strides(k, layout), bhnd_strides(v, layout)
     L.launch(stats, (splits, Hkv, B), QuantSpec.THREADS, 0, idx, stream,
-             k.data_ptr(), *map(L.i64, ks), v.data_ptr(), *map(L.i64, vs),
+             k.data_ptr(), *ks, v.data_ptr(), *vs,
              i32(Hkv), i32(nk), i32(d), i32(rows_per_split), ksum.data_ptr(),
              vamax.data_ptr() if vamax is not None else 0)
 
@@ -95,7 +95,7 @@ def quantize(q, k, v, *, layout: str, q_groups: ScaleGroups, k_groups: ScaleGrou
     items = max(Hq * nq_pad, Hkv * nk_pad) // N_ALIGN
     qs = bhnd_strides(q, layout)
     L.launch(qkv, (items, 3, B), QuantSpec.THREADS, 0, idx, stream,
-             q.data_ptr(), *map(L.i64, qs), k.data_ptr(), *map(L.i64, ks), v.data_ptr(), *map(L.i64, vs),
+             q.data_ptr(), *qs, k.data_ptr(), *ks, v.data_ptr(), *vs,
              i32(Hq), i32(Hkv), i32(nq), i32(nk), i32(d), i32(nq_pad), i32(nk_pad),
              i32(q_groups.tile), i32(q_groups.sub), i32(k_groups.tile), i32(k_groups.sub), i32(splits),
              ksum.data_ptr(), vamax.data_ptr() if vamax is not None else 0,
