@@ -71,7 +71,7 @@ class KernelCache:
 
     def store(self, arch: str, name: str, key: str, data: bytes, extra: dict | None = None) -> Path:
         cubin_path, meta_path = self.paths(arch, name, key)
-        _atomic_write(cubin_path, data)
+        atomic_write(cubin_path, data)
         meta = {
             "name": name,
             "arch": arch,
@@ -82,7 +82,7 @@ class KernelCache:
             "nvrtc": nvrtc_version(),
             **(extra or {}),
         }
-        _atomic_write(meta_path, (json.dumps(meta, indent=1, sort_keys=True) + "\n").encode())
+        atomic_write(meta_path, (json.dumps(meta, indent=1, sort_keys=True) + "\n").encode())
         return cubin_path
 
     def get_or_build(self, arch: str, name: str, key: str, build: Callable[[], bytes]) -> tuple[bytes, bool]:
@@ -121,7 +121,8 @@ class KernelCache:
         return n
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write via a temp file in the same folder, fsync, rename: readers never see a half-written file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

@@ -34,7 +34,6 @@ import json
 import math
 import os
 import statistics
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -243,19 +242,9 @@ def record(env: str, env_meta: dict, key: Key, us: dict, errors: dict, path: Pat
 
 
 def _atomic_write_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from ..cache import atomic_write
+
+    atomic_write(path, json.dumps(data, indent=1, sort_keys=True).encode())
 
 
 @functools.cache
