@@ -155,7 +155,7 @@ def main(argv=None) -> int:
     from sagegen.runtime import api, ops, registry
     from sagegen.runtime import attn_mma as A
     from sagegen.runtime.device import device_arch
-    from sagegen.runtime.quant import _STATS_SPLITS
+    from sagegen.runtime.quant import _STATS_SPLITS, v_mode_for
     from sagegen.quant_layout import N_ALIGN
     from sagegen.variants import select
 
@@ -260,7 +260,7 @@ def main(argv=None) -> int:
                     and r["causal"] == causal and r.get("tops")), flush=True)
             # the quantization pass alone (it does not depend on causal), with the chosen variant's groups
             qg, kg = quant_spec.q_groups, quant_spec.k_groups
-            v_mode = A.v_mode_for(v, d)
+            v_mode = v_mode_for(v.dtype == torch.float16, d)
             ms = bench_ms(lambda: ops.quantize_op(q, k, v, "HND", qg.tile, qg.sub, kg.tile, kg.sub, v_mode, False))
             rows_per_split = max(N_ALIGN, -(-n // _STATS_SPLITS))
             nbytes = quant_bytes(B, H, H, n, n, d, in_bytes=2, v_copy=v_mode != "none", q_scales=qg.count(n),

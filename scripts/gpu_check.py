@@ -23,29 +23,10 @@ from sagegen.runtime.device import device_arch  # noqa: E402
 from sagegen.variants import select  # noqa: E402
 
 
-def ref_attention(q, k, v, causal, offset, layout):
-    if layout == "NHD":
-        q, k, v = (x.transpose(1, 2) for x in (q, k, v))
-    q, k, v = q.float(), k.float(), v.float()
-    rep = q.shape[1] // k.shape[1]
-    k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
-    s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
-    if causal:
-        nq, nk = s.shape[-2:]
-        mask = torch.arange(nk, device=s.device)[None, :] > torch.arange(nq, device=s.device)[:, None] + offset
-        s = s.masked_fill(mask, float("-inf"))
-    lse = torch.logsumexp(s, -1)
-    o = torch.softmax(s, -1).nan_to_num(0.0) @ v
-    if layout == "NHD":
-        o = o.transpose(1, 2)
-    return o, lse
-
-
 def metrics(o, r):
-    o, r = o.float().flatten(), r.float().flatten()
-    rel = ((o - r).abs().sum() / r.abs().sum().clamp_min(1e-30)).item()
-    cos = torch.nn.functional.cosine_similarity(o, r, dim=0).item()
-    return rel, cos, bool(torch.isfinite(o).all())
+    from sagegen.reference.metrics import cosine, rel_l1
+
+    return rel_l1(o, r), cosine(o, r), bool(torch.isfinite(o).all())
 
 
 def check(spec, B, Hq, Hkv, nq, nk, d, layout, dtype, offset, gen):
@@ -57,7 +38,11 @@ def check(spec, B, Hq, Hkv, nq, nk, d, layout, dtype, offset, gen):
     o, lse = A.forward(q, k, v, spec, layout=layout, sm_scale=1 / math.sqrt(d), causal_offset=offset,
                        return_lse=True, out=out)
     torch.cuda.synchronize()
-    ro, rl = ref_attention(q, k, v, spec.causal, offset, layout)
+    from sagegen.reference import attention_exact
+
+    # the cases use offset 0 with nq == nk, or nk - nq: bottom-right alignment either way
+    ro, rl = attention_exact(q, k, v, causal=spec.causal, causal_align="bottom_right", layout=layout,
+                             dtype=torch.float32)
     rel, cos, finite = metrics(o, ro)
     fin = torch.isfinite(rl)
     lse_err = (lse[fin] - rl[fin]).abs().max().item() if fin.any() else 0.0

@@ -30,6 +30,7 @@ import torch
 
 from ..quant_layout import padded_dim
 from . import ops, registry
+from .quant import v_mode_for
 from .registry import Choice
 
 LAYOUTS = ("HND", "NHD")
@@ -209,8 +210,7 @@ def _kernel_forward(q, k, v, scale, layout, q_tile, q_sub, k_tile, k_sub, v_mode
 
 
 def _v_mode(dtype_tag: str, d: int) -> str:
-    # fp16 V of a compiled head dim is read in place; anything else gets an fp16 (padded) copy (attn_mma.v_mode_for)
-    return "none" if dtype_tag == "f16" and d == padded_dim(d) else "f16"
+    return v_mode_for(dtype_tag == "f16", d)
 
 
 def _kernel_args(shape: Shape, spec) -> tuple:

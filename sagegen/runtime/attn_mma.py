@@ -5,19 +5,14 @@ import math
 
 import torch
 
-from ..quant_layout import padded_dim, padded_len
+from ..quant_layout import padded_len
 from ..variants.attn_mma import AttnMmaSpec
 from . import launch as L
 from .device import stream_handle
-from .quant import Quantized, _vector_ready, bhnd_strides, quantize
+from .quant import Quantized, _vector_ready, bhnd_strides, quantize, v_mode_for
 
 LOG2E = 1.4426950408889634
 OUT_DTYPES = {"f16": torch.float16, "bf16": torch.bfloat16}
-
-
-def v_mode_for(v: torch.Tensor, d: int) -> str:
-    """fp16 V of a compiled head dim is read in place; anything else gets an fp16 (padded) copy."""
-    return "none" if v.dtype == torch.float16 and d == padded_dim(d) else "f16"
 
 
 class Prepared:
@@ -29,7 +24,7 @@ class Prepared:
         self.B, self.Hq, self.nq, self.d = q.shape[0], q.shape[hd], q.shape[nd], q.shape[3]
         self.Hkv, self.nk = k.shape[hd], k.shape[nd]
         self.layout, self.spec, self.device = layout, spec, q.device
-        mode = v_mode_for(v, self.d)
+        mode = v_mode_for(v.dtype == torch.float16, self.d)
         self.qz: Quantized = quantize(q, k, v, layout=layout, q_groups=spec.q_groups, k_groups=spec.k_groups,
                                       v_mode=mode, with_qk_bias=return_lse)
         if mode == "none":

@@ -38,6 +38,11 @@ def _quant_spec(arch: str, op: str, x: str, v: str, d: int) -> QuantSpec:
     return QuantSpec(arch=arch, op=op, x=x, v=v, d=d)  # validated once per process, not per call
 
 
+def v_mode_for(is_f16: bool, d: int) -> str:
+    """fp16 V of a compiled head dim is read in place ("none"); anything else gets an fp16 (padded) copy."""
+    return "none" if is_f16 and d == padded_dim(d) else "f16"
+
+
 def bhnd_strides(x: torch.Tensor, layout: str) -> tuple[int, int, int]:
     """(batch, head, token) strides in elements of a 4-D tensor in ``layout`` (HND or NHD)."""
     s = x.stride()
