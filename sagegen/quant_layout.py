@@ -1,8 +1,8 @@
 """The quantization contract shared by the quantization kernels, the attention kernels and the torch emulations.
 
-Everything here is plain arithmetic on Python ints / torch tensors, so the CUDA side (templates/common/layout.cuh)
-and the emulation (sagegen.reference) implement the same maps. Change one, change all three, and the tests that
-compare kernel against emulation will tell.
+Everything here is plain arithmetic on Python ints / torch tensors, so the CUDA side (templates/quant/quant.cuh
+and the kernels reading its buffers) and the emulation (sagegen.reference) implement the same maps. Change one,
+change all three, and the tests that compare kernel against emulation will tell.
 
 Buffers written by the quantization pass (per batch b and head h, always head-major "HND", contiguous):
   Q/K int8   [B, H, N_pad, D]   x ~= x_i8 * scale[group(row)]     (K first smoothed: k - mean_over_tokens(k))
@@ -10,6 +10,20 @@ Buffers written by the quantization pass (per batch b and head h, always head-ma
   V fp16     [B, H, N_pad, D]   V cast to fp16 (bf16 inputs, or d != D)
   V e4m3     [B, H, D, N_pad]   V transposed, per-channel scale [B, H, D] = amax over tokens / 448
 Rows past N and channels past d are zero. int8 rounding is round-half-to-even, clamped to [-127, 127].
+
+Operand images: the same values, stored in the swizzled shared-memory layout Hopper's wgmma reads, so that an
+attention kernel can copy whole tiles with 1-D bulk copies (cp.async.bulk). Scales are unchanged.
+  Q/K int8 image  [B, H, N_pad, D]            D = 64 or 128 only (qk_image). Row r's 16-byte chunk c (channels
+                                              16c..16c+15) is stored at chunk c ^ ((r * D >> 7) & (D / 16 - 1)):
+                                              the 128-byte swizzle (c ^ r % 8) for D = 128, the 64-byte one
+                                              (c ^ (r >> 1) % 4) for D = 64; bytes inside a chunk keep their order.
+  V e4m3 image    [B, H, N_pad/128, D, 128]   v mode e4m3w: for 128-key block j, channel row c holds the block's
+                                              keys for channel c. Key k sits at byte v_key_position(k) (which puts
+                                              the keys of the FP8 P fragment a thread takes from the wgmma
+                                              accumulator where the P.V wgmma expects them, without shuffles), then
+                                              16-byte chunk s of the row is stored at s ^ (c % 8) (128-byte swizzle).
+                                              Values and per-channel scales are those of V e4m3.
+qk_to_image / v_to_image below build these from the plain buffers; *_from_image invert them.
 """
 from __future__ import annotations
 
@@ -85,3 +99,87 @@ def k_groups(granularity: str, block_n: int) -> ScaleGroups:
     if granularity == "thread":
         return ScaleGroups(block_n, 4)
     raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+
+
+# --- operand images (see the module docstring); torch is imported lazily: the variant code needs none ---------
+QK_IMAGE_DIMS = (64, 128)  # the 64- and 128-byte swizzles; a 256-byte row has no wgmma swizzle
+V_IMAGE_KEYS = N_ALIGN  # keys per block of the V image
+
+
+def qk_image_chunk(row, chunk, D: int):
+    """Stored chunk position of logical 16-byte chunk ``chunk`` of ``row`` in the Q/K image (ints or tensors)."""
+    return chunk ^ ((row * D >> 7) & (D // 16 - 1))
+
+
+def v_key_position(k):
+    """Byte of key k (within its 128-key block) in a V image channel row, before the chunk swizzle.
+
+    k = 32g + 16h + 8a + 2t + e  ->  32g + 16h + 4t + 2a + e: the a and t bits swap. A thread's FP8 P fragment
+    from the wgmma accumulator holds keys 2t + e and 8 + 2t + e of each 16; they become 4 consecutive bytes.
+    An int or an integer tensor; bits above the block's 7 pass through.
+    """
+    return (k & ~0xE) | ((k & 6) << 1) | ((k >> 2) & 2)
+
+
+def _bytes(x):
+    # Gather/scatter are not implemented for float8 on every device: move 1-byte floats as uint8.
+    import torch
+
+    return x.view(torch.uint8) if x.is_floating_point() and x.element_size() == 1 else x
+
+
+def _qk_permute(x):
+    """Gather that maps plain <-> image: XOR with the row's swizzle is its own inverse."""
+    import torch
+
+    N, D = x.shape[-2:]
+    if D not in QK_IMAGE_DIMS:
+        raise ValueError(f"the Q/K image needs a head dim in {QK_IMAGE_DIMS}, got last dim {D}")
+    r = torch.arange(N, device=x.device)[:, None]
+    col = torch.arange(D, device=x.device)
+    src = qk_image_chunk(r, col >> 4, D) << 4 | (col & 15)  # [N, D]
+    b = _bytes(x)
+    return torch.gather(b, -1, src.expand(b.shape)).view(x.dtype)
+
+
+def qk_to_image(x8):
+    """Plain Q/K buffer [..., N_pad, D] -> its image (same shape)."""
+    return _qk_permute(x8)
+
+
+def qk_from_image(img):
+    """Q/K image [..., N_pad, D] -> the plain buffer."""
+    return _qk_permute(img)
+
+
+def _v_dest(D: int, device):
+    """[D, 128] int64: where key k of channel c lands in its image row (key position, then chunk swizzle)."""
+    import torch
+
+    pos = v_key_position(torch.arange(V_IMAGE_KEYS, device=device))
+    c = torch.arange(D, device=device)[:, None]
+    return ((pos >> 4) ^ (c % 8)) << 4 | (pos & 15)
+
+
+def v_to_image(vt):
+    """Plain V e4m3 buffer [..., D, N_pad] (transposed) -> image [..., N_pad/128, D, 128]."""
+    import torch
+
+    D, n_pad = vt.shape[-2:]
+    if n_pad % V_IMAGE_KEYS:
+        raise ValueError(f"the V image needs N_pad a multiple of {V_IMAGE_KEYS}, got {n_pad}")
+    b = _bytes(vt).unflatten(-1, (n_pad // V_IMAGE_KEYS, V_IMAGE_KEYS)).transpose(-3, -2)  # [..., J, D, 128]
+    dest = _v_dest(D, vt.device).expand(b.shape)
+    return torch.empty_like(b).scatter_(-1, dest, b).view(vt.dtype)
+
+
+def v_from_image(img):
+    """V image [..., N_pad/128, D, 128] -> the plain buffer [..., D, N_pad]."""
+    import torch
+
+    J, D, keys = img.shape[-3:]
+    if keys != V_IMAGE_KEYS:
+        raise ValueError(f"the V image's last dim must be {V_IMAGE_KEYS}, got {keys}")
+    b = _bytes(img)
+    plain = torch.gather(b, -1, _v_dest(D, img.device).expand(b.shape))  # [..., J, D, 128]
+    return plain.transpose(-3, -2).flatten(-2).view(img.dtype)

@@ -7,7 +7,7 @@ usage: python3 scripts/bench.py [--quick] [--n 1024 8192] [--d 128] [--causal 0 
 
 TOPS = 4 * B * H * N^2 * d / time (halved when causal). B = 4, H = 32, bf16 in and out. Times are medians of
 triton.testing.do_bench (CUDA events when triton is missing). "kernel" times the attention kernel alone on inputs
-quantized once (attn_mma.Prepared + run_kernel); "e2e" times sagegen.attention() with the SDPA fallback disabled
+quantized once (attn_mma.Prepared + run_kernel, or attn_wgmma.quantize_for + run_kernel); "e2e" times sagegen.attention() with the SDPA fallback disabled
 (quantization + kernel + Python), running the registry's choice for the shape (heuristic, or the autotuner's with
 SAGEGEN_AUTOTUNE=1) and any --variants matches. The full sweep (d 64/128, causal off/on, N 1k..32k) takes a few
 minutes on an H100.
@@ -35,19 +35,26 @@ def tops(b: int, h: int, n: int, d: int, causal: bool, ms: float) -> float:
 
 
 def quant_bytes(b: int, hq: int, hkv: int, nq: int, nk: int, d: int, *, in_bytes: int, v_copy: bool,
-                q_scales: int, k_scales: int, stats_splits: int) -> int:
+                q_scales: int, k_scales: int, stats_splits: int, v_fp8: bool = False) -> int:
     """HBM bytes both quantization passes move (sagegen.runtime.quant): the stats pass reads K and writes fp32
     per-split channel sums; the qkv pass reads Q, K (and V when it is copied), writes int8 Q and K padded to
     N_ALIGN rows and D channels, fp32 scales, and the fp16 V copy. The stats partials are read back by the qkv
-    pass (counted once more)."""
+    pass (counted once more).
+
+    ``v_fp8`` (V quantized to e4m3, as the wgmma family reads it; implies v_copy): the stats pass also reads V and
+    writes per-split channel amax; the V copy is 1 byte per element plus a per-channel fp32 scale."""
     from sagegen.quant_layout import padded_dim, padded_len
 
     D = padded_dim(d)
     nq_pad, nk_pad = padded_len(nq), padded_len(nk)
-    stats = b * hkv * nk * d * in_bytes + 2 * b * hkv * stats_splits * D * 4
+    v_copy = v_copy or v_fp8
+    partials = 2 if v_fp8 else 1  # K sums (and V amax), each written once and read once
+    stats = b * hkv * nk * d * in_bytes * (2 if v_fp8 else 1) + partials * 2 * b * hkv * stats_splits * D * 4
     read = (b * hq * nq + b * hkv * nk * (2 if v_copy else 1)) * d * in_bytes
     write = b * hq * nq_pad * D + b * hkv * nk_pad * D + (b * hq * q_scales + b * hkv * k_scales) * 4
-    if v_copy:
+    if v_fp8:
+        write += b * hkv * nk_pad * D + b * hkv * D * 4
+    elif v_copy:
         write += b * hkv * nk_pad * D * 2
     return stats + read + write
 
@@ -142,7 +149,7 @@ def main(argv=None) -> int:
     ap.add_argument("--d", type=int, nargs="+", choices=(64, 128), help="head dims (default 64 128)")
     ap.add_argument("--causal", type=int, nargs="+", choices=(0, 1), help="0 full, 1 causal (default both)")
     ap.add_argument("--quick", action="store_true", help=f"N {QUICK_NS}, d 128")
-    ap.add_argument("--variants", help="also time the attn_mma variants matching this glob (per shape's d/causal)")
+    ap.add_argument("--variants", help="also time the attention variants matching this glob (per shape's d/causal)")
     ap.add_argument("--no-baselines", action="store_true", help="skip torch SDPA and sageattention")
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "bench.json"), help="JSON path")
     ap.add_argument("--png", help="chart path (default: the JSON path with .png)")
@@ -154,6 +161,7 @@ def main(argv=None) -> int:
     from sagegen.render import default_out_dir
     from sagegen.runtime import api, ops, registry
     from sagegen.runtime import attn_mma as A
+    from sagegen.runtime import attn_wgmma as W
     from sagegen.runtime.device import device_arch
     from sagegen.runtime.quant import _STATS_SPLITS, v_mode_for
     from sagegen.quant_layout import N_ALIGN
@@ -197,7 +205,7 @@ def main(argv=None) -> int:
     x = torch.empty(COPY_BYTES // 2, device="cuda", dtype=torch.bfloat16)
     y = torch.empty_like(x)
     copy_gbps = 2 * COPY_BYTES / (bench_ms(lambda: y.copy_(x)) * 1e-3) / 1e9
-    del x, y
+    x = y = None  # free them (not `del`: the timed lambdas name them)
     print(f"device-to-device copy: {copy_gbps:.0f} GB/s", flush=True)
 
     rows, quant_rows = [], []
@@ -243,9 +251,15 @@ def main(argv=None) -> int:
                 for spec in variants:
                     tag = "" if spec is chosen else "*"  # extra variants are marked in the method name
                     try:
-                        p = A.Prepared(q, k, v, spec, "HND", False)
-                        ms_k = bench_ms(lambda: A.run_kernel(p, sm_scale=scale))
-                        del p
+                        if spec.family == "attn_wgmma":
+                            qz = W.quantize_for(q, k, v, spec, "HND", False)
+                            ms_k = bench_ms(lambda: W.run_kernel(qz, spec, q_shape=q.shape, layout="HND", B=B, Hq=H,
+                                                                 Hkv=H, sm_scale=scale))
+                            qz = None
+                        else:
+                            p = A.Prepared(q, k, v, spec, "HND", False)
+                            ms_k = bench_ms(lambda: A.run_kernel(p, sm_scale=scale))
+                            p = None
                         kw = {"variant": spec} if tag else {}
                         out = api.attention(q, k, v, is_causal=causal, sdpa_fallback=False, **kw)
                         ms_e = bench_ms(lambda: api.attention(q, k, v, is_causal=causal, sdpa_fallback=False, **kw))
@@ -260,15 +274,17 @@ def main(argv=None) -> int:
                     and r["causal"] == causal and r.get("tops")), flush=True)
             # the quantization pass alone (it does not depend on causal), with the chosen variant's groups
             qg, kg = quant_spec.q_groups, quant_spec.k_groups
-            v_mode = v_mode_for(v.dtype == torch.float16, d)
-            ms = bench_ms(lambda: ops.quantize_op(q, k, v, "HND", qg.tile, qg.sub, kg.tile, kg.sub, v_mode, False))
+            wgmma = quant_spec.family == "attn_wgmma"  # V to FP8 in its operand image, Q/K in theirs
+            v_mode = W.V_MODE if wgmma else v_mode_for(v.dtype == torch.float16, d)
+            ms = bench_ms(lambda: ops.quantize_op(q, k, v, "HND", qg.tile, qg.sub, kg.tile, kg.sub, v_mode, False,
+                                                  wgmma))
             rows_per_split = max(N_ALIGN, -(-n // _STATS_SPLITS))
             nbytes = quant_bytes(B, H, H, n, n, d, in_bytes=2, v_copy=v_mode != "none", q_scales=qg.count(n),
-                                 k_scales=kg.count(n), stats_splits=-(-n // rows_per_split))
+                                 k_scales=kg.count(n), stats_splits=-(-n // rows_per_split), v_fp8=wgmma)
             gbps = nbytes / (ms * 1e-3) / 1e9
             quant_rows.append({"d": d, "n": n, "us": ms * 1e3, "bytes": nbytes, "gbps": gbps,
                                "pct_of_copy": 100 * gbps / copy_gbps, "v_mode": v_mode})
-            del q, k, v, ref
+            q = k = v = ref = None  # free them before the next N
             torch.cuda.empty_cache()
 
     result = {"device": card, "arch": arch, "date": date, "torch": torch.__version__, "B": B, "H": H,

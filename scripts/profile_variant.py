@@ -1,4 +1,5 @@
-"""Run one attention variant once on a benchmark shape, for ncu / compute-sanitizer. Dev tool.
+"""Run one attention variant (quantization + kernel) a few times on a benchmark shape, for ncu /
+compute-sanitizer. Dev tool; works for every attention family.
 
 usage: python3 scripts/profile_variant.py NAME [--n 8192] [--b 4] [--h 32] [--iters 3]
 """
@@ -13,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from sagegen.runtime import attn_mma as A  # noqa: E402
+from sagegen.runtime import attn_wgmma as W  # noqa: E402
 from sagegen.variants import spec_from_name  # noqa: E402
 
 
@@ -27,9 +29,11 @@ def main():
     spec = spec_from_name(a.name)
     dt = torch.bfloat16
     q, k, v = (torch.randn(a.b, a.h, a.n, spec.d, device="cuda", dtype=dt) for _ in range(3))
-    p = A.Prepared(q, k, v, spec, "HND", False)
     for _ in range(a.iters):
-        A.run_kernel(p, sm_scale=spec.d ** -0.5)
+        if spec.family == "attn_wgmma":
+            W.forward(q, k, v, spec, layout="HND", sm_scale=spec.d ** -0.5)
+        else:
+            A.run_kernel(A.Prepared(q, k, v, spec, "HND", False), sm_scale=spec.d ** -0.5)
     torch.cuda.synchronize()
     print("ok", spec.name)
 

@@ -1,7 +1,8 @@
-"""A few attn_mma variants and the quantization passes on tiny shapes, for compute-sanitizer:
+"""A few attention variants and the quantization passes on tiny shapes, for compute-sanitizer:
 
-    compute-sanitizer --tool memcheck python3 scripts/sanitize_small.py          # ~16 variants
+    compute-sanitizer --tool memcheck python3 scripts/sanitize_small.py          # ~16 attn_mma variants
     compute-sanitizer --tool racecheck python3 scripts/sanitize_small.py --few   # 4 variants (racecheck is slow)
+    ... scripts/sanitize_small.py --family attn_wgmma [--few]                   # the sm90a wgmma family
 
 Tiny shapes put every tail in play: N = 1, 17, 130 (not multiples of any tile), nq > nk with bottom-right causal
 (rows that see no key), GQA, NHD, d = 72 (padded to 128) and 64. Compiles first (outside any CUDA work), then runs
@@ -29,6 +30,29 @@ CASES = [
 ]
 
 
+def pick_wgmma_variants(arch: str, few: bool):
+    """The heuristic's "fast" choice per (d, causal), plus every (stages, overlap, ping-pong) at per-block scales."""
+    from sagegen.runtime import registry
+    from sagegen.variants import select
+
+    out = {}
+    for d in (64, 128):
+        for causal in (False, True):
+            key = registry.make_key(arch=arch, dtype="bf16", out="bf16", d=d, causal=causal, nq=128, nk=128,
+                                    batch_heads=8, precision="fast")
+            spec = registry.heuristic(key)
+            out[spec.name] = spec
+    if not few:  # each (stages, overlap, ping-pong) once, rotating d and causal over them
+        every = select([arch], "attn_wgmma_*_o_bf16_*_qg_block_*")
+        configs = sorted({(s.s, s.overlap, s.pingpong) for s in every})
+        combos = ((64, False), (128, True), (64, True), (128, False))
+        for i, cfg in enumerate(configs):
+            d, causal = combos[i % len(combos)]
+            spec = next(s for s in every if (s.s, s.overlap, s.pingpong) == cfg and (s.d, s.causal) == (d, causal))
+            out.setdefault(spec.name, spec)
+    return list(out.values())
+
+
 def pick_variants(arch: str, few: bool):
     """The heuristic's choice per (d, causal) plus one variant of every other tile, granularity and accumulator."""
     from sagegen.runtime import registry
@@ -38,7 +62,7 @@ def pick_variants(arch: str, few: bool):
     for d in (64, 128):
         for causal in (False, True):
             key = registry.make_key(arch=arch, dtype="bf16", out="bf16", d=d, causal=causal, nq=128, nk=128,
-                                    batch_heads=8)
+                                    batch_heads=8, precision="accurate")  # the attn_mma family on every arch
             spec = registry.heuristic(key)
             out[spec.name] = spec
     if few:
@@ -59,6 +83,7 @@ def pick_variants(arch: str, few: bool):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--few", action="store_true", help="only the heuristic's four variants")
+    ap.add_argument("--family", choices=("attn_mma", "attn_wgmma"), default="attn_mma")
     args = ap.parse_args(argv)
 
     import torch
@@ -70,7 +95,7 @@ def main(argv=None) -> int:
     from sagegen.variants import select
 
     arch = device_arch(torch.cuda.current_device()).name
-    specs = pick_variants(arch, args.few)
+    specs = (pick_wgmma_variants if args.family == "attn_wgmma" else pick_variants)(arch, args.few)
     res = build(specs + select([arch], "quant_*"), out_dir=default_out_dir(), jobs=os.cpu_count(), progress=False)
     if not res.ok:
         print("build failed:", *res.failed.items(), sep="\n")

@@ -1,6 +1,9 @@
 import pytest
+import torch
 
-from sagegen.quant_layout import HEAD_DIMS, N_ALIGN, ScaleGroups, k_groups, padded_dim, padded_len, q_groups
+from sagegen.quant_layout import (HEAD_DIMS, N_ALIGN, ScaleGroups, k_groups, padded_dim, padded_len, q_groups,
+                                  qk_from_image, qk_image_chunk, qk_to_image, v_from_image, v_key_position,
+                                  v_to_image)
 
 
 @pytest.mark.parametrize("n, padded", [(1, N_ALIGN), (N_ALIGN, N_ALIGN), (N_ALIGN + 1, 2 * N_ALIGN), (0, 0)])
@@ -40,3 +43,71 @@ def test_per_warp_k_is_per_block_k():
 def test_bad_scale_groups_are_rejected(tile, sub):
     with pytest.raises(ValueError):
         ScaleGroups(tile, sub)
+
+
+# --- operand images ----------------------------------------------------------------------------------------------
+def test_v_key_position_swaps_the_a_and_t_bits_of_a_key():
+    assert [v_key_position(k) for k in (0, 1, 2, 8, 9, 31, 127)] == [0, 1, 4, 2, 3, 31, 127]
+    assert v_key_position(32 + 16 + 8 + 2 * 3 + 1) == 32 + 16 + 4 * 3 + 2 + 1
+
+
+def test_v_key_position_permutes_a_block_and_takes_tensors():
+    pos = v_key_position(torch.arange(128))
+    assert sorted(pos.tolist()) == list(range(128))
+    assert pos.tolist() == [v_key_position(k) for k in range(128)]
+    # a thread's P fragment (keys 2t+e and 8+2t+e of each 16, here t = 1) lands on 4 consecutive bytes
+    assert [v_key_position(k) for k in (2, 3, 10, 11)] == [4, 5, 6, 7]
+
+
+@pytest.mark.parametrize("D, row, chunk, stored", [(128, 3, 1, 2), (128, 0, 5, 5), (128, 9, 0, 1), (128, 15, 7, 0),
+                                                    (64, 3, 1, 0), (64, 2, 0, 1), (64, 7, 2, 1), (64, 9, 3, 3)])
+def test_qk_image_moves_chunk_c_of_row_r_to_the_swizzled_position(D, row, chunk, stored):
+    assert qk_image_chunk(row, chunk, D) == stored
+    x = torch.zeros(2, 16, D, dtype=torch.int8)
+    x[1, row, 16 * chunk:16 * chunk + 16] = torch.arange(1, 17, dtype=torch.int8)  # bytes keep their order
+    img = qk_to_image(x)
+    assert torch.equal(img[1, row, 16 * stored:16 * stored + 16], x[1, row, 16 * chunk:16 * chunk + 16])
+    assert int(img.count_nonzero()) == 16
+
+
+@pytest.mark.parametrize("D", [64, 128])
+def test_qk_image_round_trips_and_permutes_within_rows(D):
+    x = torch.randint(-127, 128, (2, 3, 256, D), dtype=torch.int8, generator=torch.Generator().manual_seed(D))
+    img = qk_to_image(x)
+    assert img.shape == x.shape and img.dtype == x.dtype and not torch.equal(img, x)
+    assert torch.equal(img.sort(dim=-1).values, x.sort(dim=-1).values)
+    assert torch.equal(qk_from_image(img), x)
+    assert torch.equal(img[..., 0, :], x[..., 0, :])  # row 0 is never swizzled
+
+
+@pytest.mark.parametrize("D", [96, 256])
+def test_qk_image_exists_only_for_head_dims_64_and_128(D):
+    with pytest.raises(ValueError, match="head dim"):
+        qk_to_image(torch.zeros(128, D, dtype=torch.int8))
+
+
+def test_v_image_places_key_k_of_channel_c_by_position_then_chunk_swizzle():
+    D, n_pad = 64, 256
+    vt = torch.arange(D * n_pad, dtype=torch.int32).view(D, n_pad)  # element = c * n_pad + key: traceable
+    img = v_to_image(vt)
+    assert img.shape == (2, D, 128)
+    for j, c, k in [(0, 0, 0), (0, 3, 2), (1, 3, 8), (1, 10, 9), (0, 63, 31), (1, 7, 127)]:
+        pos = v_key_position(k)
+        assert img[j, c, ((pos // 16) ^ (c % 8)) * 16 + pos % 16] == c * n_pad + 128 * j + k
+    assert int(img[0, 3, (0 ^ 3) * 16 + 4]) == 3 * n_pad + 2  # key 2 -> byte 4, chunk 0 -> chunk 3
+
+
+@pytest.mark.parametrize("D", [64, 128, 256])
+def test_v_image_round_trips_fp8_bytes(D):
+    vt = torch.randn(2, 3, D, 384, generator=torch.Generator().manual_seed(D)).to(torch.float8_e4m3fn)
+    img = v_to_image(vt)
+    assert img.shape == (2, 3, 3, D, 128) and img.dtype == torch.float8_e4m3fn
+    back = v_from_image(img)
+    assert back.shape == vt.shape and torch.equal(back.view(torch.uint8), vt.view(torch.uint8))
+
+
+def test_v_image_needs_whole_key_blocks():
+    with pytest.raises(ValueError, match="128"):
+        v_to_image(torch.zeros(64, 100, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="128"):
+        v_from_image(torch.zeros(1, 64, 64, dtype=torch.uint8))

@@ -9,6 +9,8 @@ Conventions (all in fp32, the way the kernels compute them; every division is an
     for INT8 and 7 for INT4 (symmetric; see formats.INT4_MAX). An all-zero group has scale 0 and x_q = 0.
   * V fp8: per channel ``inv = fp8_max / amax_c``, ``v_e4m3 = e4m3(v * inv)``, scale ``amax_c / fp8_max``.
   * NVFP4: blocks of 16 along the reduction dim, scale ``e4m3(amax / 6)``, values ``e2m1(x / scale)``.
+  * operand images (the Hopper wgmma layouts, quant_layout.qk_to_image / v_to_image): IntQuant.image() and
+    Fp8VQuant.image() rearrange ``data``; values and scales are the same.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..quant_layout import E4M3_MAX, N_ALIGN, ScaleGroups, padded_dim, padded_len
+from ..quant_layout import E4M3_MAX, N_ALIGN, ScaleGroups, padded_dim, padded_len, qk_to_image, v_to_image
 from ._common import LAYOUTS, to_hnd
 from .formats import E2M1_MAX, encode_e4m3, fdiv, int_max, round_e2m1, round_e4m3, round_int
 
@@ -47,6 +49,10 @@ class IntQuant:
         """[B, H, N_pad, D] fp32 approximation of the (smoothed) input: data * scale[group(row)]."""
         return self.data.float() * self.row_scale()[..., None]
 
+    def image(self) -> torch.Tensor:
+        """data in the Q/K operand image (the qkv pass with qk_image; D 64 or 128); scale is unchanged."""
+        return qk_to_image(self.data)
+
 
 @dataclass(frozen=True)
 class Fp8VQuant:
@@ -64,6 +70,10 @@ class Fp8VQuant:
     def dequantize(self) -> torch.Tensor:
         """[B, H, N_pad, D] fp32 approximation of V."""
         return self.values() * self.scale[..., None, :]
+
+    def image(self) -> torch.Tensor:
+        """data in the V operand image [B, H, N_pad/128, D, 128] (the qkv pass with v=e4m3w); scale is unchanged."""
+        return v_to_image(self.data)
 
 
 @dataclass(frozen=True)

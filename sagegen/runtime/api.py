@@ -30,13 +30,14 @@ import torch
 
 from ..quant_layout import padded_dim
 from . import ops, registry
+from .attn_wgmma import V_MODE as WGMMA_V_MODE
 from .quant import v_mode_for
 from .registry import Choice
 
 LAYOUTS = ("HND", "NHD")
 ALIGNMENTS = ("top_left", "bottom_right")
 DTYPE_TAGS = {torch.float16: "f16", torch.bfloat16: "bf16"}
-MAX_HEAD_DIM = 128  # this family compiles d = 64 and 128; 256 needs a family that has it
+MAX_HEAD_DIM = 128  # both attention families compile d = 64 and 128; 256 needs a family that has it
 MAX_PLANS = 4096
 DEVICE_TYPES = ("cuda", "meta")  # meta: shape inference only (fake kernels)
 META_ARCH = "sm80"  # meta tensors have no GPU: their plans use the portable arch's heuristic (shapes only)
@@ -81,7 +82,7 @@ def _check_scale(sm_scale, name: str = "sm_scale") -> float:
 
 
 def inspect_inputs(q, k, v, *, is_causal=False, causal_alignment="bottom_right", tensor_layout="HND",
-                   return_lse=False, precision="accurate", out_dtype=None, names=_QKV) -> Shape:
+                   return_lse=False, precision=registry.DEFAULT_PRECISION, out_dtype=None, names=_QKV) -> Shape:
     """Validate attention()'s arguments (no device work) and return their Shape. Errors name the argument."""
     nq_, nk_, nv_ = names[0], names[1], names[2]
     for name, t in ((nq_, q), (nk_, k), (nv_, v)):
@@ -123,8 +124,8 @@ def inspect_inputs(q, k, v, *, is_causal=False, causal_alignment="bottom_right",
         raise ValueError(f"{nq_} has {Hq} heads, not a multiple of {nk_}/{nv_}'s {Hkv} heads (GQA/MQA needs "
                          f"Hq % Hkv == 0)")
     if d > MAX_HEAD_DIM:
-        raise ValueError(f"head dim {d} of {nq_} is not supported: the mma.sync INT8 family runs d <= "
-                         f"{MAX_HEAD_DIM} (d = 256 is not supported by this family yet)")
+        raise ValueError(f"head dim {d} of {nq_} is not supported: sagegen's attention families run d <= "
+                         f"{MAX_HEAD_DIM} (d = 256 is not supported yet)")
     if d % 8:
         raise ValueError(f"head dim {d} of {nq_} must be a multiple of 8 (16-byte vector loads)")
     for name, t in ((nq_, q), (nk_, k), (nv_, v)):
@@ -138,7 +139,7 @@ def inspect_inputs(q, k, v, *, is_causal=False, causal_alignment="bottom_right",
     if not isinstance(return_lse, bool):
         raise TypeError(f"return_lse must be bool, got {type(return_lse).__name__}")
     if precision not in registry.PRECISIONS:
-        raise ValueError(f"precision must be one of {registry.PRECISIONS} for this kernel family, got {precision!r}")
+        raise ValueError(f"precision must be one of {registry.PRECISIONS}, got {precision!r}")
     if out_dtype is None:
         out_dtype = q.dtype
     elif out_dtype not in DTYPE_TAGS:
@@ -199,8 +200,13 @@ def _sdpa_forward(q, k, v, backend, layout, causal, scale):
 # --- the sagegen kernel path ------------------------------------------------------------------------------------
 def _kernel_forward(q, k, v, scale, layout, q_tile, q_sub, k_tile, k_sub, v_mode, variant, nq, nk, d, offset,
                     return_lse):
-    z = ops.quantize_op(q, k, v, layout, q_tile, q_sub, k_tile, k_sub, v_mode, return_lse)
-    if v_mode == "none":
+    """Two ops: quantize, then the variant's attention op (its family follows from v_mode)."""
+    wgmma = v_mode == WGMMA_V_MODE
+    z = ops.quantize_op(q, k, v, layout, q_tile, q_sub, k_tile, k_sub, v_mode, return_lse, wgmma)
+    if wgmma:
+        o, lse = ops.attn_wgmma_op(z[0], z[1], z[2], z[3], z[4], z[5], z[6], variant, layout, nq, nk, d, scale,
+                                   offset, return_lse)
+    elif v_mode == "none":
         o, lse = ops.attn_mma_op(z[0], z[1], z[2], z[3], v, z[6], variant, layout, "input", nq, nk, d, scale,
                                  offset, return_lse)
     else:
@@ -209,14 +215,15 @@ def _kernel_forward(q, k, v, scale, layout, q_tile, q_sub, k_tile, k_sub, v_mode
     return (o, lse) if return_lse else o
 
 
-def _v_mode(dtype_tag: str, d: int) -> str:
-    return v_mode_for(dtype_tag == "f16", d)
+def _v_mode(dtype_tag: str, d: int, family: str) -> str:
+    """What the quantization pass does with V for this family (the attn_wgmma family always reads FP8 V)."""
+    return WGMMA_V_MODE if family == "attn_wgmma" else v_mode_for(dtype_tag == "f16", d)
 
 
 def _kernel_args(shape: Shape, spec) -> tuple:
     qg, kg = spec.q_groups, spec.k_groups
-    return (shape.layout, qg.tile, qg.sub, kg.tile, kg.sub, _v_mode(shape.dtype, shape.d), spec.name, shape.nq,
-            shape.nk, shape.d, shape.offset, shape.return_lse)
+    return (shape.layout, qg.tile, qg.sub, kg.tile, kg.sub, _v_mode(shape.dtype, shape.d, spec.family), spec.name,
+            shape.nq, shape.nk, shape.d, shape.offset, shape.return_lse)
 
 
 class Plan:
@@ -250,12 +257,15 @@ def clear_plans() -> None:
 
 
 def _check_variant(variant, *, arch: str | None, D: int, causal: bool, out: str):
-    """The spec of ``variant`` (name or AttnMmaSpec) if it can run this call (``arch`` None: any arch)."""
+    """The spec of ``variant`` (a name or spec of an attention family) if it can run this call (``arch`` None:
+    any arch)."""
     from ..variants.attn_mma import AttnMmaSpec
+    from ..variants.attn_wgmma import AttnWgmmaSpec
 
     spec = ops.spec_for(variant) if isinstance(variant, str) else variant
-    if not isinstance(spec, AttnMmaSpec):
-        raise TypeError(f"variant must be an attn_mma variant name or AttnMmaSpec, got {type(variant).__name__}")
+    if not isinstance(spec, (AttnMmaSpec, AttnWgmmaSpec)):
+        raise TypeError(f"variant must name an attention variant (attn_mma or attn_wgmma) or be its spec, got "
+                        f"{type(variant).__name__}")
     problems = []
     if arch is not None and spec.arch != arch:
         problems.append(f"arch {spec.arch} != device arch {arch}")
@@ -422,15 +432,16 @@ def _traced(q, k, v, is_causal, sm_scale, tensor_layout, return_lse, causal_alig
         return _sdpa_forward(q, k, v, "auto", shape.layout, shape.causal, scale)
     _, variant_name, groups = decision.split(":")
     q_tile, q_sub, k_tile, k_sub = (int(x) for x in groups.split(","))
-    return _kernel_forward(q, k, v, scale, shape.layout, q_tile, q_sub, k_tile, k_sub, _v_mode(shape.dtype, shape.d),
-                           variant_name, shape.nq, shape.nk, shape.d, shape.offset, shape.return_lse)
+    family = "attn_wgmma" if variant_name.startswith("attn_wgmma_") else "attn_mma"
+    return _kernel_forward(q, k, v, scale, shape.layout, q_tile, q_sub, k_tile, k_sub,
+                           _v_mode(shape.dtype, shape.d, family), variant_name, shape.nq, shape.nk, shape.d, shape.offset, shape.return_lse)
 
 
 # --- public -----------------------------------------------------------------------------------------------------
 def attention(q, k, v, *, is_causal: bool = False, sm_scale: float | None = None, tensor_layout: str = "HND",
-              return_lse: bool = False, causal_alignment: str = "bottom_right", precision: str = "accurate",
-              out_dtype: torch.dtype | None = None, variant=None, sdpa_fallback: bool | None = None):
-    """SageAttention (INT8 Q.K^T, FP16 P.V) of q, k, v on a CUDA GPU.
+              return_lse: bool = False, causal_alignment: str = "bottom_right",
+              precision: str = registry.DEFAULT_PRECISION, out_dtype: torch.dtype | None = None, variant=None, sdpa_fallback: bool | None = None):
+    """SageAttention of q, k, v on a CUDA GPU: INT8 Q.K^T with FP8 P.V ("fast", sm90a) or FP16 P.V ("accurate").
 
     q: [B, Hq, Nq, d], k and v: [B, Hkv, Nk, d] (``tensor_layout="NHD"``: [B, N, H, d]); fp16 or bf16, all one
     dtype and one device; last dimension contiguous (other strides are free); Hq a multiple of Hkv (GQA/MQA: query
@@ -441,9 +452,11 @@ def attention(q, k, v, *, is_causal: bool = False, sm_scale: float | None = None
     is_causal: mask keys in the future. ``causal_alignment``: "bottom_right" (default; the FlashAttention >= 2.1 and
     SageAttention convention: the last query sees every key) or "top_left" (torch SDPA's is_causal: query i sees
     keys 0..i). They differ only when Nq != Nk. A query that sees no key gets output 0 and LSE -inf.
-    sm_scale: softmax scale, default 1/sqrt(d). precision: "accurate" (the only one this family has).
+    sm_scale: softmax scale, default 1/sqrt(d). precision: "fast" (default; INT8 Q.K^T + FP8 P.V, rel-L1 ~0.02 on
+    N(0,1), on GPUs that have such a family: Hopper sm90a; elsewhere it runs the accurate kernel) or "accurate"
+    (INT8 Q.K^T + FP16 P.V, rel-L1 ~0.01).
     out_dtype: torch.float16 or torch.bfloat16, default q's dtype. return_lse: also return the log-sum-exp
-    [B, Hq, Nq] fp32 (natural log). variant: run this attn_mma variant (name or spec) instead of the registry's
+    [B, Hq, Nq] fp32 (natural log). variant: run this attn_mma / attn_wgmma variant (name or spec) instead of the registry's
     choice. sdpa_fallback: None follows SAGEGEN_FORCE_KERNEL; False never calls torch SDPA (see module docstring).
 
     NaN / Inf inputs propagate, as in torch SDPA, never into silently finite garbage: one in K makes its whole
@@ -458,8 +471,8 @@ def attention(q, k, v, *, is_causal: bool = False, sm_scale: float | None = None
 
 
 def describe(q, k, v, *, is_causal: bool = False, tensor_layout: str = "HND", return_lse: bool = False,
-             causal_alignment: str = "bottom_right", precision: str = "accurate", out_dtype=None, variant=None,
-             sdpa_fallback: bool | None = None) -> Choice:
+             causal_alignment: str = "bottom_right", precision: str = registry.DEFAULT_PRECISION, out_dtype=None,
+             variant=None, sdpa_fallback: bool | None = None) -> Choice:
     """What attention() with these arguments runs (registry.Choice: kernel spec or SDPA backend, and why)."""
     plan, _ = _new_plan(q, k, v, is_causal, causal_alignment, tensor_layout, return_lse, precision, out_dtype,
                         variant, sdpa_fallback, _QKV)
@@ -474,7 +487,8 @@ def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scal
 
     Shapes [..., H, L, E] (at least 3-D; leading dims are the batch); is_causal is top-left as in torch. Rejects
     with ValueError what it cannot do: an attn_mask, dropout_p > 0, a value head dim different from the query's,
-    and Hq != Hkv without enable_gqa=True (torch's rule). Output dtype = query's dtype.
+    and Hq != Hkv without enable_gqa=True (torch's rule). Output dtype = query's dtype. Precision: the default
+    ("fast"; see attention()).
     """
     if attn_mask is not None:
         raise ValueError("attn_mask is not supported by sagegen.sdpa (only is_causal masking); use "
@@ -497,8 +511,8 @@ def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scal
         raise ValueError(f"query has {query.shape[-3]} heads and key {key.shape[-3]}: grouped-query attention "
                          f"needs enable_gqa=True (as in torch SDPA)")
     if query.dim() == 4:
-        return _attention(query, key, value, is_causal, scale, "HND", False, "top_left", "accurate", None, None,
-                          None, _SDPA_NAMES)
+        return _attention(query, key, value, is_causal, scale, "HND", False, "top_left", registry.DEFAULT_PRECISION,
+                          None, None, None, _SDPA_NAMES)
     lead = query.shape[:-3]
 
     def four(t, name):
@@ -507,5 +521,5 @@ def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scal
         return t.reshape((-1,) + tuple(t.shape[-3:]))
 
     o = _attention(four(query, "query"), four(key, "key"), four(value, "value"), is_causal, scale, "HND", False,
-                   "top_left", "accurate", None, None, None, _SDPA_NAMES)
+                   "top_left", registry.DEFAULT_PRECISION, None, None, None, _SDPA_NAMES)
     return o.reshape(tuple(lead) + tuple(o.shape[1:]))

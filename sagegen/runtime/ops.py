@@ -1,7 +1,8 @@
-"""The mma.sync family as torch.library operators, so torch.compile(fullgraph=True) and CUDA graphs see them:
+"""The attention families as torch.library operators, so torch.compile(fullgraph=True) and CUDA graphs see them:
 
-  sagegen::quantize  the quantization passes (K stats, then INT8 Q/K + optional fp16 V copy), sagegen.quant_layout
-  sagegen::attn_mma  one attention variant on the quantized buffers
+  sagegen::quantize    the quantization passes (K stats, then INT8 Q/K + the V mode), sagegen.quant_layout
+  sagegen::attn_mma    one mma.sync attention variant on the quantized buffers
+  sagegen::attn_wgmma  one sm90a wgmma attention variant on the quantized buffers (operand images, FP8 V)
 
 Defined through the low-level ``torch.library.Library`` API rather than ``torch.library.custom_op``: measured on
 a 2-core CPU box, a custom_op call costs ~13 us of Python dispatch, a Library op with these schemas ~3.5 us, and
@@ -20,22 +21,26 @@ import contextlib
 
 import torch
 
-from ..quant_layout import ScaleGroups, padded_dim, padded_len
+from ..quant_layout import N_ALIGN, ScaleGroups, padded_dim, padded_len
 from ..variants import spec_from_name
-from . import attn_mma, quant
+from . import attn_mma, attn_wgmma, quant
 from .quant import Quantized, _vector_ready, bhnd_strides
 
 _lib = torch.library.Library("sagegen", "DEF")
 _lib.define(
     "quantize(Tensor q, Tensor k, Tensor v, str layout, int q_tile, int q_sub, int k_tile, int k_sub, str v_mode, "
-    "bool with_qk_bias) -> (Tensor q8, Tensor q_scale, Tensor k8, Tensor k_scale, Tensor v_out, Tensor v_scale, "
+    "bool with_qk_bias, bool qk_image) -> (Tensor q8, Tensor q_scale, Tensor k8, Tensor k_scale, Tensor v_out, Tensor v_scale, "
     "Tensor qk_bias)")
 _lib.define(
     "attn_mma(Tensor q8, Tensor q_scale, Tensor k8, Tensor k_scale, Tensor v, Tensor qk_bias, str variant, "
     "str layout, str v_source, SymInt nq, SymInt nk, SymInt d, float sm_scale, SymInt causal_offset, "
     "bool return_lse) -> (Tensor out, Tensor lse)")
+_lib.define(
+    "attn_wgmma(Tensor q8, Tensor q_scale, Tensor k8, Tensor k_scale, Tensor v8, Tensor v_scale, Tensor qk_bias, "
+    "str variant, str layout, SymInt nq, SymInt nk, SymInt d, float sm_scale, SymInt causal_offset, "
+    "bool return_lse) -> (Tensor out, Tensor lse)")
 
-V_MODES = ("none", "f16", "e4m3t")
+V_MODES = ("none", "f16", "e4m3t", "e4m3w")
 V_SOURCES = ("input", "copy")  # attn_mma's v: the caller's V in ``layout``, or quantize's fp16 copy (HND, padded)
 _OUT_DTYPES = {"f16": torch.float16, "bf16": torch.bfloat16}
 
@@ -73,10 +78,11 @@ def _dims(x: torch.Tensor, layout: str):
 
 
 # --- sagegen::quantize ------------------------------------------------------------------------------------------
-def _quantize_cuda(q, k, v, layout, q_tile, q_sub, k_tile, k_sub, v_mode, with_qk_bias):
+def _quantize_cuda(q, k, v, layout, q_tile, q_sub, k_tile, k_sub, v_mode, with_qk_bias, qk_image):
     with _on_device(q):
         z = quant.quantize(q, k, v, layout=layout, q_groups=_scale_groups(q_tile, q_sub),
-                           k_groups=_scale_groups(k_tile, k_sub), v_mode=v_mode, with_qk_bias=with_qk_bias)
+                           k_groups=_scale_groups(k_tile, k_sub), v_mode=v_mode, with_qk_bias=with_qk_bias,
+                           qk_image=qk_image)
     dev = q.device
     return (z.q8, z.q_scale, z.k8, z.k_scale,
             z.v if z.v is not None else torch.empty(0, device=dev, dtype=torch.float16),
@@ -84,7 +90,7 @@ def _quantize_cuda(q, k, v, layout, q_tile, q_sub, k_tile, k_sub, v_mode, with_q
             z.qk_bias if z.qk_bias is not None else torch.empty(0, device=dev, dtype=torch.float32))
 
 
-def _quantize_fake(q, k, v, layout, q_tile, q_sub, k_tile, k_sub, v_mode, with_qk_bias):
+def _quantize_fake(q, k, v, layout, q_tile, q_sub, k_tile, k_sub, v_mode, with_qk_bias, qk_image):
     B, Hq, nq, d = _dims(q, layout)
     _, Hkv, nk, _ = _dims(k, layout)
     D = padded_dim(d)
@@ -98,6 +104,9 @@ def _quantize_fake(q, k, v, layout, q_tile, q_sub, k_tile, k_sub, v_mode, with_q
         v_out, v_scale = new((B, Hkv, nk_pad, D), dtype=torch.float16), new((0,), dtype=torch.float32)
     elif v_mode == "e4m3t":
         v_out = new((B, Hkv, D, nk_pad), dtype=torch.float8_e4m3fn)
+        v_scale = new((B, Hkv, D), dtype=torch.float32)
+    elif v_mode == "e4m3w":
+        v_out = new((B, Hkv, nk_pad // N_ALIGN, D, N_ALIGN), dtype=torch.float8_e4m3fn)
         v_scale = new((B, Hkv, D), dtype=torch.float32)
     else:
         v_out, v_scale = new((0,), dtype=torch.float16), new((0,), dtype=torch.float32)
@@ -141,10 +150,34 @@ def _attn_fake(q8, q_scale, k8, k_scale, v, qk_bias, variant, layout, v_source, 
     return out, lse
 
 
+# --- sagegen::attn_wgmma ----------------------------------------------------------------------------------------
+def _wgmma_cuda(q8, q_scale, k8, k_scale, v8, v_scale, qk_bias, variant, layout, nq, nk, d, sm_scale, causal_offset,
+                return_lse):
+    spec = spec_for(variant)
+    B, Hq, Hkv, D = q8.shape[0], q8.shape[1], k8.shape[1], q8.shape[3]
+    qz = Quantized(q8, q_scale, k8, k_scale, v8, v_scale, qk_bias if return_lse else None, nq, nk, d, D)
+    q_shape = (B, Hq, nq, d) if layout == "HND" else (B, nq, Hq, d)
+    with _on_device(q8):
+        out, lse = attn_wgmma.run_kernel(qz, spec, q_shape=q_shape, layout=layout, B=B, Hq=Hq, Hkv=Hkv,
+                                         sm_scale=sm_scale, causal_offset=causal_offset, return_lse=return_lse)
+    if lse is None:
+        lse = torch.empty(0, device=q8.device, dtype=torch.float32)
+    return out, lse
+
+
+def _wgmma_fake(q8, q_scale, k8, k_scale, v8, v_scale, qk_bias, variant, layout, nq, nk, d, sm_scale, causal_offset,
+                return_lse):
+    return _attn_fake(q8, q_scale, k8, k_scale, v8, qk_bias, variant, layout, "copy", nq, nk, d, sm_scale,
+                      causal_offset, return_lse)
+
+
 _lib.impl("quantize", _quantize_cuda, "CUDA")
+_lib.impl("attn_wgmma", _wgmma_cuda, "CUDA")
+torch.library.register_fake("sagegen::attn_wgmma", _wgmma_fake, lib=_lib)
 _lib.impl("attn_mma", _attn_cuda, "CUDA")
 torch.library.register_fake("sagegen::quantize", _quantize_fake, lib=_lib)
 torch.library.register_fake("sagegen::attn_mma", _attn_fake, lib=_lib)
 
 quantize_op = torch.ops.sagegen.quantize.default
 attn_mma_op = torch.ops.sagegen.attn_mma.default
+attn_wgmma_op = torch.ops.sagegen.attn_wgmma.default

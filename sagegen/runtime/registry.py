@@ -3,9 +3,17 @@
 Key (``Key``): arch, input dtype, output dtype, padded head dim, causal, and power-of-two buckets of the query
 length, the key length, batch*heads (how many CTAs the grid has) and the GQA ratio, plus the precision class.
 
+Precision classes (``PRECISIONS``), each a set of families:
+  * "fast": INT8 Q.K^T + FP8 P.V (SageAttention2) where the arch has such a family (sm90a: attn_wgmma), else the
+    "accurate" family: an arch without FP8 attention runs the more accurate kernel, never a less accurate one;
+  * "accurate": INT8 Q.K^T + FP16 P.V with fp32 accumulation (attn_mma on every arch; fp16-accumulator variants
+    run only when named through ``attention(variant=...)``).
+
 Heuristic (``heuristic``), used whenever nothing was measured for the key:
-  * candidates are the family's variants for (arch, d, causal, out dtype) with fp32 P.V accumulation (the
-    "accurate" precision; fp16-accumulator variants run only when named through ``attention(variant=...)``);
+  * candidates are the precision's variants for (arch, d, causal, out dtype);
+  * attn_wgmma (sm90a, "fast"): per-thread scales first (as below), then the (stages, overlap, ping-pong) order
+    measured on the H200/H100 (``WGMMA_PREFERRED``, BENCHMARKS.md): d=128 three stages with intra-warpgroup
+    overlap and ping-pong (+5% causal, equal non-causal), d=64 three stages with overlap, no ping-pong;
   * scale granularity per-thread Q and K first (H100, N(0,1), d=128: rel-L1 0.010-0.011 against 0.011-0.012 for
     per-warp Q / per-block K and 0.012-0.013 for per-block, at the same speed), then warp/block, then block/block;
   * tiles in the order of the H100 measurements (d=128, bf16, N=8k-16k): (m=128, n=32, w=4, s=2) ~367 TOPS,
@@ -39,9 +47,12 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..variants.attn_mma import AttnMmaSpec, enumerate_variants
+from ..variants import attn_mma, attn_wgmma
+from ..variants.attn_mma import AttnMmaSpec
+from ..variants.attn_wgmma import AttnWgmmaSpec
 
-PRECISIONS = ("accurate",)
+PRECISIONS = ("fast", "accurate")
+DEFAULT_PRECISION = "fast"
 SDPA_BACKENDS = ("flash", "cudnn")
 SDPA_PREFIX = "sdpa:"
 TABLE_FORMAT = 1
@@ -51,6 +62,11 @@ GQA_BUCKET_MAX = 16
 PREFERRED_TILES = ((128, 32, 4, 2), (64, 64, 4, 2), (128, 64, 8, 2))
 SMALL_GRID_TILES = ((64, 64, 4, 2), (128, 32, 4, 2), (128, 64, 8, 2))
 GRANULARITY_ORDER = (("thread", "thread"), ("warp", "block"), ("block", "block"))
+# (s, overlap, pingpong) per head dim, best first (NVIDIA H200, B=4, H=32, N=1k-32k; BENCHMARKS.md ablation)
+WGMMA_PREFERRED = {
+    128: ((3, True, True), (4, True, True), (3, True, False), (4, True, False), (2, True, False)),
+    64: ((3, True, False), (3, True, True), (4, True, False), (4, True, True), (2, True, False)),
+}
 
 
 def bucket(n: int) -> int:
@@ -70,7 +86,7 @@ class Key:
     nk: int  # bucket(key length)
     bh: int  # bucket(batch * query heads)
     gqa: int  # bucket(Hq // Hkv), capped at GQA_BUCKET_MAX
-    precision: str = "accurate"
+    precision: str = DEFAULT_PRECISION
 
     @property
     def tag(self) -> str:
@@ -79,7 +95,7 @@ class Key:
 
 
 def make_key(*, arch: str, dtype: str, out: str, d: int, causal: bool, nq: int, nk: int, batch_heads: int,
-             gqa: int = 1, precision: str = "accurate") -> Key:
+             gqa: int = 1, precision: str = DEFAULT_PRECISION) -> Key:
     """A Key from exact sizes (they are bucketed here). ``d`` is the padded head dim."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -92,7 +108,7 @@ class Choice:
     """What to run: a sagegen kernel (``spec``) or torch SDPA (``backend`` flash / cudnn)."""
 
     kind: str  # "kernel" or "sdpa"
-    spec: AttnMmaSpec | None = None
+    spec: AttnMmaSpec | AttnWgmmaSpec | None = None
     backend: str | None = None
     source: str = "heuristic"  # heuristic, tuned, forced
 
@@ -103,14 +119,17 @@ class Choice:
 
 # --- candidates and the heuristic -------------------------------------------------------------------------------
 @functools.cache
-def _variants(arch: str) -> tuple[AttnMmaSpec, ...]:
-    return tuple(enumerate_variants(arch))
+def _variants(arch: str) -> tuple:
+    return tuple(attn_mma.enumerate_variants(arch)) + tuple(attn_wgmma.enumerate_variants(arch))
 
 
 @functools.cache
-def _candidates(arch: str, d: int, causal: bool, out: str, precision: str) -> tuple[AttnMmaSpec, ...]:
-    acc = {"accurate": "f32"}[precision]
-    return tuple(s for s in _variants(arch) if s.d == d and s.causal == causal and s.o == out and s.acc == acc)
+def _candidates(arch: str, d: int, causal: bool, out: str, precision: str) -> tuple:
+    fits = [s for s in _variants(arch) if s.d == d and s.causal == causal and s.o == out]
+    fast = [s for s in fits if isinstance(s, AttnWgmmaSpec)]
+    if precision == "fast" and fast:
+        return tuple(fast)
+    return tuple(s for s in fits if isinstance(s, AttnMmaSpec) and s.acc == "f32")
 
 
 def candidates(key: Key, *, include_sdpa: bool = False) -> list[str]:
@@ -119,28 +138,32 @@ def candidates(key: Key, *, include_sdpa: bool = False) -> list[str]:
     return names + ([SDPA_PREFIX + b for b in SDPA_BACKENDS] if include_sdpa else [])
 
 
-def candidate_specs(key: Key) -> list[AttnMmaSpec]:
+def candidate_specs(key: Key) -> list:
     return list(_candidates(key.arch, key.d, key.causal, key.out, key.precision))
 
 
-def _rank(spec: AttnMmaSpec, tiles) -> tuple:
+def _rank(spec, tiles) -> tuple:
+    g = GRANULARITY_ORDER.index((spec.qg, spec.kg)) if (spec.qg, spec.kg) in GRANULARITY_ORDER else 99
+    if isinstance(spec, AttnWgmmaSpec):
+        order = WGMMA_PREFERRED.get(spec.d, ())
+        cfg = (spec.s, spec.overlap, spec.pingpong)
+        return (g, order.index(cfg) if cfg in order else len(order), spec.name)
     tile = (spec.m, spec.n, spec.w, spec.s)
     t = tiles.index(tile) if tile in tiles else len(tiles)
-    g = GRANULARITY_ORDER.index((spec.qg, spec.kg)) if (spec.qg, spec.kg) in GRANULARITY_ORDER else 99
     # unlisted tiles: larger tiles first (more reuse), then fewer stages and warps; name last for determinism
     return (t, g, spec.b, -spec.m * spec.n, spec.s, spec.w, spec.name)
 
 
 @functools.cache
-def _heuristic(key: Key, small_grid: bool) -> AttnMmaSpec:
+def _heuristic(key: Key, small_grid: bool):
     cands = _candidates(key.arch, key.d, key.causal, key.out, key.precision)
     if not cands:
-        raise ValueError(f"no attn_mma variant for {key.tag}")
+        raise ValueError(f"no attention variant for {key.tag}")
     tiles = SMALL_GRID_TILES if small_grid else PREFERRED_TILES
     return min(cands, key=lambda s: _rank(s, tiles))
 
 
-def heuristic(key: Key, *, sm_count: int | None = None) -> AttnMmaSpec:
+def heuristic(key: Key, *, sm_count: int | None = None):
     """The variant the rule in the module docstring picks (``sm_count`` None: assume a full grid)."""
     small = bool(sm_count) and key.bh * math.ceil(key.nq / 128) < sm_count
     return _heuristic(key, small)
@@ -321,7 +344,7 @@ def _is_capturing(device_index: int) -> bool:
 
 
 def autotune(q, k, v, *, is_causal: bool = False, causal_alignment: str = "bottom_right",
-             tensor_layout: str = "HND", out_dtype=None, precision: str = "accurate", return_lse: bool = False,
+             tensor_layout: str = "HND", out_dtype=None, precision: str = DEFAULT_PRECISION, return_lse: bool = False,
              include_sdpa: bool = True, retune: bool = False, warmup: int = 3, reps: int = 10,
              path: Path | None = None, jobs: int | None = None) -> Choice:
     """Time the candidates for these inputs' key that have no stored timing (all of them with ``retune``), store

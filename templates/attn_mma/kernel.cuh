@@ -10,6 +10,7 @@
 #include "attn_mma/smem.cuh"
 #include "attn_mma/softmax.cuh"
 #include "attn_mma/mask.cuh"
+#include "common/attn_common.cuh"
 
 namespace sagegen::attn {
 
@@ -46,19 +47,6 @@ struct Params {
   float sm_scale_log2;
   int causal_offset;
 };
-
-constexpr float kMinScale = 1e-30f;
-
-template <class OutT> __device__ __forceinline__ uint32_t pack_out(float a, float b);
-template <> __device__ __forceinline__ uint32_t pack_out<__half>(float a, float b) { return pack_half2(a, b); }
-template <> __device__ __forceinline__ uint32_t pack_out<__nv_bfloat16>(float a, float b) {
-  __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
-  return *reinterpret_cast<uint32_t*>(&h);
-}
-
-__device__ __forceinline__ int scale_group(int row, int tile, int sub) {
-  return (row / tile) * sub + (row % 8) / (8 / sub);
-}
 
 template <class C>
 __device__ __forceinline__ void attn_fwd(const Params& p) {

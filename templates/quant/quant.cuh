@@ -87,11 +87,13 @@ struct QkvArgs {
   int Hq, Hkv, nq, nk, d, nq_pad, nk_pad;  // Q and K/V lengths may differ (cross attention, KV cache)
   int q_tile, q_sub, k_tile, k_sub;  // ScaleGroups of Q and K
   int splits;                        // of the stats pass
+  int qk_image;                      // Q/K in the wgmma operand image (D 64 or 128; quant_layout.qk_to_image)
   const float* ksum;                 // [B, Hkv, splits, D]
   const float* vamax;                // [B, Hkv, splits, D] (FP8 V only)
   int8_t* q8; float* q_scale;        // [B, Hq, n_pad, D], [B, Hq, n_pad/q_tile*q_sub]
   int8_t* k8; float* k_scale;
-  void* v_out; float* v_scale;       // fp16 [B, Hkv, n_pad, D] or e4m3 [B, Hkv, D, n_pad] + [B, Hkv, D]
+  void* v_out; float* v_scale;       // fp16 [B, Hkv, n_pad, D], e4m3 [B, Hkv, D, n_pad] or its image
+                                     // [B, Hkv, n_pad/128, D, 128]; scales [B, Hkv, D]
   float* qk_bias;                    // optional [B, Hq, nq]: q . mean(k), to restore the LSE after smoothing
 };
 
@@ -99,20 +101,19 @@ __device__ __forceinline__ int scale_index(int row, int tile, int sub) {
   return (row / tile) * sub + (row % 8) / (8 / sub);
 }
 
-// Channel means of K for this thread's 8 channels, from the stats partials (fixed summation order).
+// Channel means of K into shared memory, one channel per thread, summing the stats partials in split order (so
+// the result is bit-identical to a sequential sum). Every 8 threads of a row share 8 channels: reading the
+// partials per channel rather than per thread cuts the L1/L2 traffic 16-fold (ncu: the qkv pass was L2-bound).
 template <int D>
-__device__ __forceinline__ void k_mean(const QkvArgs& a, int b, int hk, int ch, float (&mean)[8]) {
-  const float* p = a.ksum + (long long)(b * a.Hkv + hk) * a.splits * D + ch;
-#pragma unroll
-  for (int i = 0; i < 8; ++i) mean[i] = 0.f;
-  for (int s = 0; s < a.splits; ++s) {
-    float4 lo = *reinterpret_cast<const float4*>(p + s * D), hi = *reinterpret_cast<const float4*>(p + s * D + 4);
-    mean[0] += lo.x; mean[1] += lo.y; mean[2] += lo.z; mean[3] += lo.w;
-    mean[4] += hi.x; mean[5] += hi.y; mean[6] += hi.z; mean[7] += hi.w;
-  }
+__device__ __forceinline__ void k_mean_to_smem(const QkvArgs& a, int b, int hk, float* mean) {
+  const float* p = a.ksum + (long long)(b * a.Hkv + hk) * a.splits * D;
   const float inv_n = 1.f / float(a.nk);
-#pragma unroll
-  for (int i = 0; i < 8; ++i) mean[i] *= inv_n;
+  for (int c = threadIdx.x; c < D; c += kThreads) {
+    float acc = 0.f;
+#pragma unroll 4
+    for (int s = 0; s < a.splits; ++s) acc += p[s * D + c];
+    mean[c] = acc * inv_n;
+  }
 }
 
 // Sum over the D/8 lanes that hold one row (they are consecutive lanes of one warp).
@@ -125,6 +126,14 @@ template <int D> __device__ __forceinline__ float row_max(float x) {
 #pragma unroll
   for (int o = RowMap<D>::kVecPerRow / 2; o > 0; o >>= 1) x = max_keep_nan(x, __shfl_xor_sync(0xffffffffu, x, o));
   return x;
+}
+
+// Column of channel ch (a multiple of 8) of Q/K row `row` in the operand image: 16-byte chunk c is stored at
+// c ^ swizzle(row), the 128-byte (D = 128) or 64-byte (D = 64) swizzle wgmma reads, so that an attention kernel
+// can bulk-copy whole tiles into shared memory. D = 256 has no such swizzle (the runtime refuses it).
+template <int D> __device__ __forceinline__ int qk_image_col(int row, int ch) {
+  static_assert(D <= 128, "no operand image for D > 128");
+  return (((ch >> 4) ^ ((row * D >> 7) & (D / 16 - 1))) << 4) | (ch & 15);
 }
 
 // One 128-row chunk of Q (smooth = false) or K (smooth = true) -> int8 + per-group scales.
@@ -146,10 +155,14 @@ __device__ void quantize_int8_chunk(const QkvArgs& a, const Tensor4& x, int H, i
 #pragma unroll
   for (int p = 0; p < kPasses; ++p) raw[p] = load_row_vec<T>(x, b, h, chunk * kChunk + r0 + p * M::kRowsPerPass, ch, n, a.d);
 
-  float mean[8] = {};
+  __shared__ float s_mean[D];
   const int hk = is_k ? h : h / (a.Hq / a.Hkv);
-  if (is_k || a.qk_bias != nullptr) k_mean<D>(a, b, hk, ch, mean);
+  const bool need_mean = is_k || a.qk_bias != nullptr;
+  if (need_mean) k_mean_to_smem<D>(a, b, hk, s_mean);
   __syncthreads();
+  float mean[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) mean[i] = need_mean ? s_mean[ch + i] : 0.f;
 #pragma unroll
   for (int p = 0; p < kPasses; ++p) {
     const int lrow = r0 + p * M::kRowsPerPass, row = chunk * kChunk + lrow;
@@ -186,7 +199,11 @@ __device__ void quantize_int8_chunk(const QkvArgs& a, const Tensor4& x, int H, i
       qv[i] = live ? to_int8_rn(xv * inv) : 0;
     }
     uint2 packed = make_uint2(pack_int8x4(qv[0], qv[1], qv[2], qv[3]), pack_int8x4(qv[4], qv[5], qv[6], qv[7]));
-    *reinterpret_cast<uint2*>(out + (row_base + lrow) * D + ch) = packed;
+    int col = ch;
+    if constexpr (D <= 128) {
+      if (a.qk_image) col = qk_image_col<D>(lrow, ch);  // lrow = row mod 128; the swizzle has period 8
+    }
+    *reinterpret_cast<uint2*>(out + (row_base + lrow) * D + col) = packed;
   }
   const long long scale_base = (long long)bh * (n_pad / tile * sub) + chunk * groups;
   for (int g = threadIdx.x; g < groups; g += kThreads) scale[scale_base + g] = group_amax[g] / 127.f;
@@ -210,46 +227,64 @@ __device__ void cast_v_f16_chunk(const QkvArgs& a, int chunk_id) {
   }
 }
 
-template <class T, int D>
-__device__ void quantize_v_e4m3t_chunk(const QkvArgs& a, int chunk_id) {
+// Byte of key k in a V image channel row (quant_layout.v_key_position): k = 32g+16h+8a+2t+e goes to
+// 32g+16h+4t+2a+e, so the FP8 P fragment a thread packs from its wgmma accumulator (keys 2t+e, 8+2t+e of each 16)
+// meets V in the order the P.V wgmma reads, with no shuffles.
+__device__ __forceinline__ int v_key_pos(int k) { return (k & ~0xE) | ((k & 6) << 1) | ((k >> 2) & 2); }
+
+// One 128-key chunk of V -> e4m3 with per-channel scales, transposed through shared memory. kImage = false: plain
+// [D, n_pad] rows; true: the wgmma image [n_pad/128, D, 128] (keys at v_key_pos, 16-byte chunks 128-byte swizzled).
+template <class T, int D, bool kImage>
+__device__ void quantize_v_e4m3_chunk(const QkvArgs& a, int chunk_id) {
   using M = RowMap<D>;
   constexpr int kPitch = kChunk + 16;  // bytes per smem row; the pad spreads the transposed writes over banks
   __shared__ __align__(16) uint8_t tile[D][kPitch];
   __shared__ float inv_scale[D];
   const int chunks = a.nk_pad / kChunk;
   const int bh = chunk_id / chunks, chunk = chunk_id % chunks, b = bh / a.Hkv, h = bh % a.Hkv;
+  const int cv = threadIdx.x % M::kVecPerRow, r0 = threadIdx.x / M::kVecPerRow, ch = cv * 8;
+  // Issue the chunk's loads first: the amax partials below (L2 hits) then overlap their latency.
+  constexpr int kPasses = kChunk / M::kRowsPerPass;
+  Vec8x16 raw[kPasses];
+#pragma unroll
+  for (int p = 0; p < kPasses; ++p)
+    raw[p] = load_row_vec<T>(a.v, b, h, chunk * kChunk + r0 + p * M::kRowsPerPass, ch, a.nk, a.d);
   for (int c = threadIdx.x; c < D; c += kThreads) {
     float mx = 0.f;
     const float* p = a.vamax + (long long)bh * a.splits * D + c;
+#pragma unroll 4
     for (int s = 0; s < a.splits; ++s) mx = max_keep_nan(mx, p[s * D]);
     inv_scale[c] = mx > 0.f ? 448.f / mx : (mx == 0.f ? 0.f : mx);
     if (chunk == 0) a.v_scale[(long long)bh * D + c] = mx / 448.f;
   }
   __syncthreads();
-  const int cv = threadIdx.x % M::kVecPerRow, r0 = threadIdx.x / M::kVecPerRow, ch = cv * 8;
-#pragma unroll 4
-  for (int lrow = r0; lrow < kChunk; lrow += M::kRowsPerPass) {
+#pragma unroll
+  for (int p = 0; p < kPasses; ++p) {
+    const int lrow = r0 + p * M::kRowsPerPass;
     float f[8];
-    unpack8<T>(load_row_vec<T>(a.v, b, h, chunk * kChunk + lrow, ch, a.nk, a.d), f);
+    unpack8<T>(raw[p], f);
+    const int key = kImage ? v_key_pos(lrow) : lrow;
 #pragma unroll
     for (int i = 0; i < 8; i += 2) {
       uint16_t two = pack_e4m3x2(f[i] * inv_scale[ch + i], f[i + 1] * inv_scale[ch + i + 1]);
-      tile[ch + i][lrow] = uint8_t(two & 0xff);
-      tile[ch + i + 1][lrow] = uint8_t(two >> 8);
+      tile[ch + i][key] = uint8_t(two & 0xff);
+      tile[ch + i + 1][key] = uint8_t(two >> 8);
     }
   }
   __syncthreads();
-  uint8_t* out = static_cast<uint8_t*>(a.v_out) + (long long)bh * D * a.nk_pad + chunk * kChunk;
+  // Plain: channel rows n_pad bytes apart, the chunk at column chunk * 128. Image: the chunk's [D, 128] block is
+  // contiguous, at block `chunk` of the head.
+  uint8_t* out = static_cast<uint8_t*>(a.v_out) + (long long)bh * D * a.nk_pad + chunk * kChunk * (kImage ? D : 1);
   for (int i = threadIdx.x; i < D * (kChunk / 16); i += kThreads) {
     const int c = i / (kChunk / 16), seg = i % (kChunk / 16);
-    *reinterpret_cast<uint4*>(out + (long long)c * a.nk_pad + seg * 16) =
-        *reinterpret_cast<const uint4*>(&tile[c][seg * 16]);
+    const long long dst = kImage ? c * kChunk + ((seg ^ (c % 8)) * 16) : (long long)c * a.nk_pad + seg * 16;
+    *reinterpret_cast<uint4*>(out + dst) = *reinterpret_cast<const uint4*>(&tile[c][seg * 16]);
   }
 }
 
 // blockIdx.y picks the tensor (0 = Q, 1 = K, 2 = V); blockIdx.x walks one batch's 128-row chunks over its heads;
 // blockIdx.z is the batch (so grid.x stays small). Grid.x covers the larger of Q and K/V; extra CTAs return.
-template <class T, int D, int kVMode>  // kVMode: 0 none, 1 fp16, 2 e4m3 transposed
+template <class T, int D, int kVMode>  // kVMode: 0 none, 1 fp16, 2 e4m3 transposed, 3 e4m3 wgmma image
 __device__ void qkv(const QkvArgs& a) {
   const int q_items = a.Hq * (a.nq_pad / kChunk), kv_items = a.Hkv * (a.nk_pad / kChunk);
   if (blockIdx.y == 0) {
@@ -261,7 +296,7 @@ __device__ void qkv(const QkvArgs& a) {
   } else {
     if (kVMode == 0 || blockIdx.x >= kv_items) return;
     if constexpr (kVMode == 1) cast_v_f16_chunk<T, D>(a, blockIdx.z * kv_items + blockIdx.x);
-    if constexpr (kVMode == 2) quantize_v_e4m3t_chunk<T, D>(a, blockIdx.z * kv_items + blockIdx.x);
+    if constexpr (kVMode >= 2) quantize_v_e4m3_chunk<T, D, kVMode == 3>(a, blockIdx.z * kv_items + blockIdx.x);
   }
 }
 

@@ -8,11 +8,12 @@ extern "C" __global__ void __launch_bounds__(256) quant_sm90a_op_qkv_x_bf16_v_e4
     const void* q, long long qsb, long long qsh, long long qsn,
     const void* k, long long ksb, long long ksh, long long ksn,
     const void* v, long long vsb, long long vsh, long long vsn,
-    int Hq, int Hkv, int nq, int nk, int d, int nq_pad, int nk_pad, int q_tile, int q_sub, int k_tile, int k_sub, int splits,
+    int Hq, int Hkv, int nq, int nk, int d, int nq_pad, int nk_pad, int q_tile, int q_sub, int k_tile, int k_sub,
+    int splits, int qk_image,
     const float* ksum, const float* vamax, int8_t* q8, float* q_scale, int8_t* k8, float* k_scale,
     void* v_out, float* v_scale, float* qk_bias) {
   const sagegen::quant::QkvArgs a{{q, qsb, qsh, qsn}, {k, ksb, ksh, ksn}, {v, vsb, vsh, vsn},
-      Hq, Hkv, nq, nk, d, nq_pad, nk_pad, q_tile, q_sub, k_tile, k_sub, splits, ksum, vamax, q8, q_scale, k8, k_scale,
-      v_out, v_scale, qk_bias};
+      Hq, Hkv, nq, nk, d, nq_pad, nk_pad, q_tile, q_sub, k_tile, k_sub, splits, qk_image, ksum, vamax,
+      q8, q_scale, k8, k_scale, v_out, v_scale, qk_bias};
   sagegen::quant::qkv<Elem, kD, kVMode>(a);
 }

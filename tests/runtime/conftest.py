@@ -6,7 +6,7 @@ stream, the cuda.core launch) are replaced, the launches recorded instead of run
 
 GPU tests (``@pytest.mark.gpu``) share one kernel cache for the session (``$SAGEGEN_TEST_CACHE_DIR`` if set, so
 reruns on one machine skip compiling), and ``gpu_kernels`` compiles every variant of the device's arch once, in
-parallel, before the first test that needs it.
+parallel, before the first test that needs it (``$SAGEGEN_TEST_VARIANTS`` restricts the attention variants).
 """
 from __future__ import annotations
 
@@ -58,16 +58,14 @@ class Launches(list):
 
     def attn(self):
         """The attention launches' (spec, grid, block, smem, args)."""
-        return [e for e in self if e[0].family == "attn_mma"]
+        return [e for e in self if e[0].family in ("attn_mma", "attn_wgmma")]
 
 
-@pytest.fixture
-def fake_gpu(monkeypatch):
-    """Run sagegen.attention's eager path on CPU tensors as if on an sm90a GPU with 132 SMs; launches recorded."""
+def _fake_gpu(monkeypatch, arch: str):
     import torch
 
     from sagegen.arch import ARCHES
-    from sagegen.runtime import api, attn_mma, launch, ops, quant, registry
+    from sagegen.runtime import api, attn_mma, attn_wgmma, launch, ops, quant, registry
 
     launches = Launches()
 
@@ -75,18 +73,41 @@ def fake_gpu(monkeypatch):
         launches.append((spec, grid, block, smem, args))
 
     monkeypatch.setattr(launch, "launch", fake_launch)
-    monkeypatch.setattr(quant, "device_arch", lambda idx: ARCHES["sm90a"])
+    monkeypatch.setattr(quant, "device_arch", lambda idx: ARCHES[arch])
     monkeypatch.setattr(quant, "stream_handle", lambda dev: 0)
     monkeypatch.setattr(attn_mma, "stream_handle", lambda dev: 0)
+    monkeypatch.setattr(attn_wgmma, "stream_handle", lambda dev: 0)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(api, "device_arch_name", lambda idx: "sm90a")
+    monkeypatch.setattr(api, "device_arch_name", lambda idx: arch)
     monkeypatch.setattr(api, "sm_count", lambda idx: 132)
     monkeypatch.setattr(api, "DEVICE_TYPES", ("cuda", "meta", "cpu"))
     monkeypatch.setattr(registry, "environment", lambda idx: ("test-gpu", {"gpu": "test-gpu"}))
     lib = torch.library.Library("sagegen", "IMPL")
     lib.impl("quantize", ops._quantize_cuda, "CPU")
     lib.impl("attn_mma", ops._attn_cuda, "CPU")
+    lib.impl("attn_wgmma", ops._wgmma_cuda, "CPU")
     api.clear_plans()
+    return launches, lib
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """Run sagegen.attention's eager path on CPU tensors as if on an sm89 GPU with 132 SMs (the mma.sync family
+    serves every precision there); launches recorded."""
+    from sagegen.runtime import api
+
+    launches, lib = _fake_gpu(monkeypatch, "sm89")
+    yield launches
+    lib._destroy()
+    api.clear_plans()
+
+
+@pytest.fixture
+def fake_hopper(monkeypatch):
+    """As fake_gpu, on an sm90a GPU: precision "fast" runs the wgmma family."""
+    from sagegen.runtime import api
+
+    launches, lib = _fake_gpu(monkeypatch, "sm90a")
     yield launches
     lib._destroy()
     api.clear_plans()
@@ -104,15 +125,18 @@ def gpu_arch() -> str:
 
 @pytest.fixture(scope="session")
 def gpu_kernels(gpu_arch, session_cache_dir):
-    """Every attn_mma and quant variant of the device's arch, compiled once, in parallel, into the session cache.
+    """Every attention variant (attn_mma, and attn_wgmma on sm90a) and quant variant of the device's arch,
+    compiled once, in parallel, into the session cache.
 
     Returns the build result (``.failed``: name -> compile log; a test of a variant that failed reports it, the
-    others run). ``$SAGEGEN_TEST_VARIANTS`` (a glob) restricts the attn_mma variants built."""
+    others run). ``$SAGEGEN_TEST_VARIANTS`` (globs) restricts the attention variants built."""
     from sagegen.build import build
     from sagegen.render import default_out_dir
     from sagegen.variants import select
 
-    attn = select([gpu_arch], os.environ.get("SAGEGEN_TEST_VARIANTS", "attn_mma_*"))
+    from .gpu_util import variants_glob
+
+    attn = select([gpu_arch], variants_glob())
     specs = attn + select([gpu_arch], "quant_*")
     return build(specs, out_dir=default_out_dir(), jobs=os.cpu_count(), cache_root=session_cache_dir,
                  progress=False)

@@ -80,7 +80,7 @@ def test_out_dtype_selects_the_variant(fake_gpu):
 
 
 def test_forced_variant(fake_gpu):
-    name = "attn_mma_sm90a_qk_i8_pv_f16_acc_f16_o_bf16_d128_m128_n64_w8_s2_b1_qg_thread_kg_thread_full"
+    name = "attn_mma_sm89_qk_i8_pv_f16_acc_f16_o_bf16_d128_m128_n64_w8_s2_b1_qg_thread_kg_thread_full"
     sagegen.attention(*inputs(), variant=name)
     assert fake_gpu.attn()[0][0].name == name
     qkv_pass = [e for e in fake_gpu if e[0].family == "quant" and e[0].op == "qkv"][0]

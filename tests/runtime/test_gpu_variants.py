@@ -14,15 +14,13 @@ outliers in K and V, NHD, a padded head dim (d - 8) and top-left alignment; all-
 """
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
 import sagegen
 from sagegen.variants import spec_from_name
 
-from .gpu_util import OUT_DTYPES, emulate, errors, exact, inputs, seed_of
+from .gpu_util import OUT_DTYPES, emulate, errors, exact, inputs, seed_of, variants_glob
 
 pytestmark = pytest.mark.gpu
 
@@ -34,7 +32,7 @@ def _variants() -> list[str]:
     from sagegen.variants import select
 
     arch = device_arch(torch.cuda.current_device()).name
-    return [s.name for s in select([arch], os.environ.get("SAGEGEN_TEST_VARIANTS", "attn_mma_*"))]
+    return [s.name for s in select([arch], variants_glob()) if s.family == "attn_mma"]
 
 
 # (dist, B, Hq, Hkv, nq, nk, d - spec.d, layout, input dtype, causal alignment, bound vs exact)

@@ -11,6 +11,9 @@ import sagegen
 from sagegen.arch import ARCHES, DEFAULT_ARCHES
 from sagegen.runtime import api, registry
 from sagegen.runtime.registry import Choice, Key, make_key
+from sagegen.variants.attn_mma import AttnMmaSpec
+from sagegen.variants.attn_wgmma import AttnWgmmaSpec
+from sagegen.variants.attn_wgmma import enumerate_variants as wgmma_variants
 
 BF16, F16 = torch.bfloat16, torch.float16
 
@@ -32,38 +35,102 @@ def test_key_buckets_and_tag():
     k = key(nq=1000, nk=4097, batch_heads=96, gqa=32)
     assert (k.nq, k.nk, k.bh, k.gqa) == (1024, 8192, 128, registry.GQA_BUCKET_MAX)
     tags = {key().tag, key(causal=True).tag, key(d=64).tag, key(out="f16").tag, key(nq=100).tag, key(nk=100).tag,
-            key(gqa=4).tag, key(batch_heads=8).tag, key(arch="sm80").tag, key(dtype="f16").tag}
-    assert len(tags) == 10
+            key(gqa=4).tag, key(batch_heads=8).tag, key(arch="sm80").tag, key(dtype="f16").tag,
+            key(precision="accurate").tag}
+    assert len(tags) == 11
+    assert key().precision == registry.DEFAULT_PRECISION == "fast"
+    assert registry.PRECISIONS == ("fast", "accurate")
     with pytest.raises(ValueError, match="precision"):
-        key(precision="fast")
+        key(precision="turbo")
 
 
 # --- heuristic --------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("arch", list(DEFAULT_ARCHES) + ["sm121a"])
+ALL_TESTED_ARCHES = list(DEFAULT_ARCHES) + ["sm121a"]
+
+
+def _has_fp8_family(arch: str) -> bool:
+    return ARCHES[arch].has(*AttnWgmmaSpec.requires)
+
+
+@pytest.mark.parametrize("arch", ALL_TESTED_ARCHES)
 @pytest.mark.parametrize("d", [64, 128])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("out", ["f16", "bf16"])
-def test_heuristic_is_valid_everywhere(arch, d, causal, out):
+@pytest.mark.parametrize("precision", registry.PRECISIONS)
+def test_heuristic_is_valid_everywhere(arch, d, causal, out, precision):
+    k = key(arch=arch, d=d, causal=causal, out=out, precision=precision)
     for small in (None, 10_000):
-        spec = registry.heuristic(key(arch=arch, d=d, causal=causal, out=out), sm_count=small)
+        spec = registry.heuristic(k, sm_count=small)
         assert spec.arch == arch and spec.d == d and spec.causal == causal and spec.o == out
-        assert spec.acc == "f32" and (spec.qg, spec.kg) == ("thread", "thread")  # the most accurate, at equal speed
-        assert spec.name in registry.candidates(key(arch=arch, d=d, causal=causal, out=out))
+        assert (spec.qg, spec.kg) == ("thread", "thread")  # the most accurate, at equal speed
+        assert spec.name in registry.candidates(k)
+        if precision == "fast" and _has_fp8_family(arch):
+            assert isinstance(spec, AttnWgmmaSpec)
+            _check_wgmma_schedule_rule(spec, k)
+        else:  # "accurate", or "fast" on an arch without an FP8 family: the fp32-accumulating mma.sync family
+            assert isinstance(spec, AttnMmaSpec) and spec.acc == "f32"
+
+
+def _check_wgmma_schedule_rule(spec, k):
+    """Among the per-thread-scale candidates, the first (stages, overlap, ping-pong) of WGMMA_PREFERRED[d] that
+    exists is the one picked."""
+    cands = [s for s in registry.candidate_specs(k) if (s.qg, s.kg) == ("thread", "thread")]
+    order = registry.WGMMA_PREFERRED[spec.d]
+    first = next(c for c in order if any((s.s, s.overlap, s.pingpong) == c for s in cands))
+    assert (spec.s, spec.overlap, spec.pingpong) == first
+
+
+def test_only_sm90a_has_the_fp8_family():
+    assert [a for a in ARCHES if _has_fp8_family(a)] == ["sm90a"]
 
 
 def test_heuristic_tile_rule():
-    big = registry.heuristic(key(), sm_count=132)  # 128 heads x 64 tiles: a full grid
+    acc = dict(precision="accurate")
+    big = registry.heuristic(key(**acc), sm_count=132)  # 128 heads x 64 tiles: a full grid
     assert (big.m, big.n, big.w, big.s) == registry.PREFERRED_TILES[0]
-    small = registry.heuristic(key(nq=256, batch_heads=8), sm_count=132)  # 8 x 2 CTAs of 128 rows
+    small = registry.heuristic(key(nq=256, batch_heads=8, **acc), sm_count=132)  # 8 x 2 CTAs of 128 rows
     assert small.m == 64
-    assert registry.heuristic(key(nq=256, batch_heads=8)).m == 128  # unknown SM count: full-grid rule
+    assert registry.heuristic(key(nq=256, batch_heads=8, **acc)).m == 128  # unknown SM count: full-grid rule
+    # the same rule serves "fast" where the arch has no FP8 family
+    assert registry.heuristic(key(arch="sm89", nq=256, batch_heads=8), sm_count=132) == \
+        registry.heuristic(key(arch="sm89", nq=256, batch_heads=8, **acc), sm_count=132)
+
+
+def test_wgmma_heuristic_ignores_the_grid_size():
+    """The wgmma family has one CTA shape (128 rows): a small grid changes nothing."""
+    big = registry.heuristic(key(), sm_count=132)
+    small = registry.heuristic(key(nq=256, batch_heads=8), sm_count=132)
+    assert isinstance(big, AttnWgmmaSpec) and big == small == registry.heuristic(key(nq=256, batch_heads=8))
+    assert big.m == 128 and (big.qg, big.kg) == ("thread", "thread")
+    _check_wgmma_schedule_rule(big, key())
 
 
 def test_candidates_are_the_accurate_variants():
-    names = registry.candidates(key())
-    assert names and all("_acc_f32_" in n and "_o_bf16_d128_" in n and n.endswith("_full") for n in names)
-    with_sdpa = registry.candidates(key(), include_sdpa=True)
+    names = registry.candidates(key(precision="accurate"))
+    assert names and all(n.startswith("attn_mma_sm90a_") and "_acc_f32_" in n and "_o_bf16_d128_" in n
+                         and n.endswith("_full") for n in names)
+    expected = {s.name for s in registry._variants("sm90a") if isinstance(s, AttnMmaSpec) and s.acc == "f32"
+                and s.d == 128 and s.o == "bf16" and not s.causal}
+    assert set(names) == expected and len(names) == len(expected)
+    with_sdpa = registry.candidates(key(precision="accurate"), include_sdpa=True)
     assert with_sdpa[len(names):] == ["sdpa:flash", "sdpa:cudnn"]
+
+
+def test_fast_candidates_on_hopper_are_the_wgmma_variants():
+    k = key(causal=True, out="f16", d=64)
+    names = registry.candidates(k)
+    expected = {s.name for s in wgmma_variants("sm90a") if s.d == 64 and s.causal and s.o == "f16"}
+    assert names and set(names) == expected and len(names) == len(expected)
+    assert registry.candidates(k, include_sdpa=True)[len(names):] == ["sdpa:flash", "sdpa:cudnn"]
+    assert not set(names) & set(registry.candidates(key(causal=True, out="f16", d=64, precision="accurate")))
+
+
+@pytest.mark.parametrize("arch", [a for a in ALL_TESTED_ARCHES if a != "sm90a"])
+def test_fast_is_accurate_where_there_is_no_fp8_family(arch):
+    for d in (64, 128):
+        fast, accurate = key(arch=arch, d=d), key(arch=arch, d=d, precision="accurate")
+        assert registry.candidates(fast) == registry.candidates(accurate) != []
+        assert registry.heuristic(fast) == registry.heuristic(accurate)
 
 
 # --- the table --------------------------------------------------------------------------------------------------
@@ -111,6 +178,17 @@ def test_stale_and_garbage_entries_are_ignored(tmp_path):
     gone = "attn_mma_sm90a_qk_i8_pv_f16_acc_f32_o_bf16_d128_m256_n32_w4_s2_b1_qg_warp_kg_block_full"
     registry.record("g", {}, k, {gone: 1.0, good: 5.0, "sdpa:xla": 0.5}, {}, path)
     assert registry.choose(k, env="g", sdpa_ok=True, path=path).name == good
+
+
+def test_a_timing_of_the_other_precision_is_ignored(tmp_path):
+    """A fast key on sm90a chooses among wgmma variants only: an attn_mma timing stored under it (an older table,
+    or a hand edit) does not win, however fast."""
+    path = tmp_path / "autotune.json"
+    k = key()
+    mma = registry.candidates(key(precision="accurate"))[0]
+    wgmma = registry.candidates(k)[-1]
+    registry.record("g", {}, k, {mma: 1.0, wgmma: 50.0}, {}, path)
+    assert registry.choose(k, env="g", path=path).name == wgmma
 
 
 def test_sdpa_wins_only_where_it_may(tmp_path):

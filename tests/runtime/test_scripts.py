@@ -38,6 +38,10 @@ def test_quant_bytes():
     no_v = bench.quant_bytes(b, h, h, n, n, d, in_bytes=2, v_copy=False, q_scales=n // 32, k_scales=n // 64,
                              stats_splits=16)
     assert got - no_v == el * 2 + el * 2
+    # FP8 V (the wgmma family): the stats pass reads V too and writes its amax partials; V goes out as 1 byte
+    fp8 = bench.quant_bytes(b, h, h, n, n, d, in_bytes=2, v_copy=True, q_scales=n // 32, k_scales=n // 64,
+                            stats_splits=16, v_fp8=True)
+    assert fp8 - got == (el * 2 + 2 * b * h * 16 * d * 4) - el + b * h * d * 4
     # odd N and d are padded in the int8 buffers
     assert bench.quant_bytes(1, 1, 1, 1, 1, 72, in_bytes=2, v_copy=False, q_scales=4, k_scales=2,
                              stats_splits=1) == 72 * 2 + 2 * 128 * 4 + 2 * 72 * 2 + 2 * 128 * 128 + 6 * 4
@@ -93,6 +97,27 @@ def test_sanitize_variants_cover_every_tile_and_granularity():
     few = san.pick_variants("sm90a", few=True)
     assert len(few) == 4
     # every picked variant runs at least one case
+    for spec in specs:
+        assert any((c[5] <= 64) == (spec.d == 64) and c[7] == spec.causal for c in san.CASES), spec.name
+    sys.modules.pop("_script_sanitize_small", None)
+
+
+def test_sanitize_wgmma_variants_are_the_fast_choices_and_every_schedule():
+    san = load("sanitize_small")
+    from sagegen.runtime import registry
+    from sagegen.variants.attn_wgmma import enumerate_variants
+
+    few = san.pick_wgmma_variants("sm90a", few=True)
+    assert len(few) == 4 and all(s.family == "attn_wgmma" for s in few)
+    for spec in few:  # the heuristic's "fast" choice for its (d, causal)
+        key = registry.make_key(arch="sm90a", dtype="bf16", out="bf16", d=spec.d, causal=spec.causal, nq=128,
+                                nk=128, batch_heads=8)
+        assert spec == registry.heuristic(key)
+    specs = san.pick_wgmma_variants("sm90a", few=False)
+    assert len({s.name for s in specs}) == len(specs) and {s.name for s in few} <= {s.name for s in specs}
+    schedule = lambda s: (s.s, s.overlap, s.pingpong)  # noqa: E731
+    assert {schedule(s) for s in specs} == {schedule(s) for s in enumerate_variants("sm90a")}
+    assert {(s.d, s.causal) for s in specs} == {(64, False), (64, True), (128, False), (128, True)}
     for spec in specs:
         assert any((c[5] <= 64) == (spec.d == 64) and c[7] == spec.causal for c in san.CASES), spec.name
     sys.modules.pop("_script_sanitize_small", None)

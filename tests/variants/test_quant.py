@@ -17,11 +17,26 @@ def test_qkv_is_enumerated_for_every_dtype_v_mode_and_head_dim(arch):
     assert got == {(x, v, d) for x in CUDA_TYPES for v in V_MODES for d in HEAD_DIMS}
 
 
+def test_v_image_mode_has_its_own_name():
+    spec = QuantSpec(arch="sm90a", op="qkv", x="f16", v="e4m3w", d=64)
+    assert spec.name == "quant_sm90a_op_qkv_x_f16_v_e4m3w_d64"
+    assert QuantSpec.from_name(spec.name) == spec
+
+
+@pytest.mark.parametrize("arch", DEFAULT_ARCHES)
+def test_variant_count_per_arch(arch):
+    specs = enumerate_variants(arch)
+    # qkv: 2 dtypes x 4 V modes x 3 head dims; stats: 2 dtypes x (no V, FP8 V) x 3 head dims
+    assert sum(s.op == "qkv" for s in specs) == 2 * 4 * 3 and sum(s.op == "stats" for s in specs) == 2 * 2 * 3
+
+
 def test_stats_pass_exists_only_without_v_or_for_fp8_v():
     stats = enumerate_variants("sm80")
     assert {s.v for s in stats if s.op == "stats"} == {"none", "e4m3t"}
     with pytest.raises(InvalidVariant, match="stats"):
         QuantSpec(arch="sm80", op="stats", x="f16", v="f16", d=64)
+    with pytest.raises(InvalidVariant, match="e4m3t"):  # the V image needs the same V amax: one stats variant
+        QuantSpec(arch="sm80", op="stats", x="f16", v="e4m3w", d=64)
 
 
 @pytest.mark.parametrize("field, value", [("op", "dequant"), ("x", "f32"), ("v", "e5m2"), ("d", 96), ("d", 512)])

@@ -29,9 +29,26 @@ def _enumerated_values(family: str) -> dict[str, list]:
 
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)
-@pytest.mark.parametrize("arch", DEFAULT_ARCHES)
-def test_family_has_variants_on_every_default_arch(family, arch):
-    assert FAMILIES[family][1](arch), f"{family} enumerates nothing for {arch}"
+@pytest.mark.parametrize("arch", ALL_ARCHES)
+def test_family_has_variants_exactly_on_the_arches_with_its_features(family, arch):
+    cls, enumerate_variants = FAMILIES[family]
+    if ARCHES[arch].has(*cls.requires):
+        assert enumerate_variants(arch), f"{family} enumerates nothing for {arch}"
+    else:
+        assert enumerate_variants(arch) == [], f"{family} enumerates variants for {arch}, which lacks {cls.requires}"
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_every_family_has_variants_on_some_default_arch(family):
+    assert any(FAMILIES[family][1](a) for a in DEFAULT_ARCHES), f"{family} enumerates nothing anywhere"
+
+
+def test_which_arches_each_family_covers():
+    def arches(family):
+        return [a for a in ALL_ARCHES if FAMILIES[family][1](a)]
+
+    assert arches("quant") == arches("attn_mma") == list(ALL_ARCHES)  # every arch has a SageAttention kernel
+    assert arches("attn_wgmma") == ["sm90a"]
 
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)

@@ -1,0 +1,49 @@
+"""Run one sm90a wgmma attention variant: the quantization pass in operand-image layout, then the kernel."""
+from __future__ import annotations
+
+import torch
+
+from ..quant_layout import padded_len
+from ..variants.attn_wgmma import AttnWgmmaSpec
+from . import launch as L
+from .device import stream_handle
+from .quant import Quantized, bhnd_strides, quantize
+
+LOG2E = 1.4426950408889634
+OUT_DTYPES = {"f16": torch.float16, "bf16": torch.bfloat16}
+V_MODE = "e4m3w"  # V transposed, e4m3, blocked by 128 keys, keys permuted to the P fragment, swizzled
+
+
+def quantize_for(q, k, v, spec: AttnWgmmaSpec, layout: str, return_lse: bool) -> Quantized:
+    return quantize(q, k, v, layout=layout, q_groups=spec.q_groups, k_groups=spec.k_groups, v_mode=V_MODE,
+                    qk_image=True, with_qk_bias=return_lse)
+
+
+def run_kernel(qz: Quantized, spec: AttnWgmmaSpec, *, q_shape, layout: str, B: int, Hq: int, Hkv: int,
+               sm_scale: float, causal_offset: int = 0, return_lse: bool = False, out: torch.Tensor | None = None):
+    """The attention launch over buffers quantize_for made. Returns (o in q's layout, lse or None)."""
+    dev = qz.q8.device
+    if out is None:
+        out = torch.empty(q_shape, device=dev, dtype=OUT_DTYPES[spec.o])
+    lse = torch.empty(B, Hq, qz.nq, device=dev, dtype=torch.float32) if return_lse else None
+    idx = dev.index if dev.index is not None else torch.cuda.current_device()
+    nq_pad, nk_pad = padded_len(qz.nq), padded_len(qz.nk)
+    L.launch(spec, (nq_pad // spec.m, Hq, B), spec.threads, spec.smem_bytes(), idx, stream_handle(dev),
+             qz.q8.data_ptr(), qz.q_scale.data_ptr(), qz.k8.data_ptr(), qz.k_scale.data_ptr(),
+             qz.v.data_ptr(), qz.v_scale.data_ptr(), out.data_ptr(), *bhnd_strides(out, layout),
+             lse.data_ptr() if lse is not None else 0,
+             L.i32(Hq), L.i32(Hkv), L.i32(qz.nq), L.i32(qz.nk), L.i32(nq_pad), L.i32(nk_pad), L.i32(qz.d),
+             L.f32(sm_scale * LOG2E), L.i32(causal_offset))
+    if lse is not None:
+        # K smoothing removed sm_scale * q . mean(k) from every logit of a row; put it back into the LSE.
+        lse.add_(qz.qk_bias, alpha=sm_scale)
+    return out, lse
+
+
+def forward(q, k, v, spec: AttnWgmmaSpec, *, layout: str, sm_scale: float, causal_offset: int = 0,
+            return_lse: bool = False, out: torch.Tensor | None = None):
+    """Attention with ``spec``; inputs 4-D in ``layout`` (HND [B, H, N, d] or NHD [B, N, H, d])."""
+    hd = 1 if layout == "HND" else 2
+    qz = quantize_for(q, k, v, spec, layout, return_lse)
+    return run_kernel(qz, spec, q_shape=q.shape, layout=layout, B=q.shape[0], Hq=q.shape[hd], Hkv=k.shape[hd],
+                      sm_scale=sm_scale, causal_offset=causal_offset, return_lse=return_lse, out=out)

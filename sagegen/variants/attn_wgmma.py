@@ -1,0 +1,118 @@
+"""The sm90a warpgroup family: INT8 Q.K^T and FP8 e4m3 P.V on wgmma, fed by bulk copies (SageAttention2 on Hopper).
+
+A CTA is one producer warpgroup plus ``m / 64`` consumer warpgroups (64 query rows each); K and V^T tiles of ``n``
+keys stream through ``s`` shared-memory stages. Operands come from the quantization pass in the swizzled
+shared-memory image (sagegen/quant_layout.py: Q/K image, V "e4m3w"), so every tile is one bulk copy.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..arch import TMA, WGMMA
+from ..errors import InvalidVariant
+from ..quant_layout import GRANULARITIES, N_ALIGN, k_groups, q_groups
+from .spec import KernelSpec, build_valid, flag, prefix, word
+
+OUT_TYPES = {"f16": "__half", "bf16": "__nv_bfloat16"}
+WARPGROUP_ROWS = 64  # rows of one m64nNk32 wgmma: what one consumer warpgroup owns
+# (m, n, s): CTA rows, keys per step, stages. n is the V image's key block (128); m = 128 is two consumers.
+TILES = ((128, 128, 2), (128, 128, 3), (128, 128, 4))
+GRANULARITY_PAIRS = (("block", "block"), ("warp", "block"), ("thread", "thread"))
+
+
+@dataclass(frozen=True)
+class AttnWgmmaSpec(KernelSpec):
+    qk: str = word("qk")  # Q.K^T operands: i8
+    pv: str = word("pv")  # P.V operands: e4m3 (P quantized per row block, V per channel)
+    o: str = word("o")  # output dtype
+    d: int = prefix("d")  # head dim compiled (smaller d are zero-padded by the quantization pass)
+    m: int = prefix("m")  # query rows per CTA (64 per consumer warpgroup)
+    n: int = prefix("n")  # keys per main-loop step
+    s: int = prefix("s")  # shared-memory stages of K and V^T
+    overlap: bool = flag("ovl", "seq")  # softmax of block j+1 under P.V of block j (ovl), or one block at a time
+    pingpong: bool = flag("pp", "free")  # consumer warpgroups take turns issuing MMAs (pp), or issue freely
+    qg: str = word("qg")  # Q scale granularity
+    kg: str = word("kg")  # K scale granularity
+    causal: bool = flag("causal", "full")
+
+    family = "attn_wgmma"
+    template = "attn_wgmma/attn_wgmma.cu.j2"
+    requires = (WGMMA, TMA)
+
+    @property
+    def consumers(self) -> int:
+        return self.m // WARPGROUP_ROWS
+
+    @property
+    def threads(self) -> int:
+        return 128 * (self.consumers + 1)
+
+    def smem_bytes(self) -> int:
+        tiles = self.m * self.d + self.s * (self.n * self.d + self.d * self.n)  # Q, then K and V^T per stage
+        return 1024 + tiles + 8 * (2 * self.s + 1)  # alignment slack, mbarriers
+
+    def reg_estimate(self) -> int:
+        """Consumer registers: O, the block's P.V tile, S, packed P, plus ~24 for addresses and temporaries (the
+        overlap keeps all four live at once; one block at a time never holds S and the P.V tile together)."""
+        o, ob, s, p = self.d // 2, self.d // 2, self.n // 2, self.n // 8
+        return (o + ob + s + p if self.overlap else o + max(s, ob + p)) + 24
+
+    def check(self):
+        if self.qk != "i8":
+            raise InvalidVariant(f"qk must be i8, got {self.qk!r}")
+        if self.pv != "e4m3":
+            raise InvalidVariant(f"pv must be e4m3, got {self.pv!r}")
+        if self.o not in OUT_TYPES:
+            raise InvalidVariant(f"o must be one of {sorted(OUT_TYPES)}, got {self.o!r}")
+        if self.d not in (64, 128):
+            raise InvalidVariant(f"d must be 64 or 128, got {self.d}")
+        if self.m != 2 * WARPGROUP_ROWS:
+            raise InvalidVariant(f"m must be 128 (two consumer warpgroups; three leave too few registers), got {self.m}")
+        if self.n != N_ALIGN:
+            raise InvalidVariant(f"n must be {N_ALIGN} (the V image's key block), got {self.n}")
+        if self.pingpong and not (self.overlap and self.consumers == 2):
+            raise InvalidVariant("pingpong alternates two overlapping consumer warpgroups: needs overlap and m=128")
+        if self.s not in (2, 3, 4):
+            raise InvalidVariant(f"s must be 2, 3 or 4, got {self.s}")
+        if self.qg not in GRANULARITIES or self.kg not in ("block", "thread"):
+            raise InvalidVariant(f"qg in {GRANULARITIES}, kg in (block, thread); got {self.qg}, {self.kg}")
+        if self.smem_bytes() > self.target.smem_per_block:
+            raise InvalidVariant(f"needs {self.smem_bytes()} B of shared memory; {self.arch} has "
+                                 f"{self.target.smem_per_block}")
+        consumer_regs = min(240, (65536 // 128 - 24) // self.consumers // 8 * 8)
+        if self.reg_estimate() > consumer_regs:
+            raise InvalidVariant(f"needs ~{self.reg_estimate()} registers per consumer thread ({consumer_regs} available)")
+
+    @property
+    def q_groups(self):
+        # Each warp of a consumer warpgroup owns 16 rows: per-warp and per-thread groups are 16-row tiles.
+        return q_groups(self.qg, self.m, 16)
+
+    @property
+    def k_groups(self):
+        return k_groups(self.kg, self.n)
+
+    def context(self):
+        qg, kg = self.q_groups, self.k_groups
+        return {
+            "o_type": OUT_TYPES[self.o],
+            "threads": self.threads,
+            "consumers": self.consumers,
+            "smem": self.smem_bytes(),
+            "q_tile": qg.tile, "q_sub": qg.sub, "k_tile": kg.tile, "k_sub": kg.sub,
+        }
+
+
+def enumerate_variants(arch: str) -> list[AttnWgmmaSpec]:
+    out = []
+    for d in (64, 128):
+        for m, n, s in TILES:
+            for overlap, pingpong in ((True, True), (True, False), (False, False)):
+                for qg, kg in GRANULARITY_PAIRS:
+                    for o in OUT_TYPES:
+                        for causal in (False, True):
+                            spec = build_valid(AttnWgmmaSpec, arch=arch, qk="i8", pv="e4m3", o=o, d=d, m=m, n=n,
+                                               s=s, overlap=overlap, pingpong=pingpong, qg=qg, kg=kg, causal=causal)
+                            if spec is not None:
+                                out.append(spec)
+    return out

@@ -1,0 +1,301 @@
+// The sm90a attention kernel: warp-specialized, fed by bulk copies, INT8 Q.K^T and FP8 P.V on wgmma
+// (see sagegen/variants/attn_wgmma.py for the parameters).
+//
+// One CTA = one producer warpgroup + kConsumers consumer warpgroups of 64 query rows each. One producer thread
+// issues every copy: Q once, then K and V^T tiles of kBlockN keys through kStages shared-memory stages, each
+// guarded by two mbarriers (full: the bytes landed; empty: every consumer warp has finished reading it).
+// The quantization pass wrote all operands in the swizzled shared-memory image wgmma reads
+// (sagegen/quant_layout.py), so each tile is one contiguous bulk copy: no tensor map to encode on the host, no
+// address arithmetic in the consumers.
+//
+// Per key block, each consumer warpgroup: S = Q.K^T (s32 in registers) -> dequantized with one FFMA per score,
+// masked, online softmax in base 2 -> P = e4m3(448 p) packed straight from the accumulator registers (the V image
+// permutes keys so the accumulator and A-operand fragments line up) -> O_blk = P.V^T into a fresh fp32 tile ->
+// O = O * alpha + O_blk (two-level accumulation: the FP8 MMA's reduced-precision accumulator sums one block only).
+#pragma once
+#include "common/numeric.cuh"
+#include "common/attn_common.cuh"
+#include "common/sm90_async.cuh"
+#include "attn_wgmma/mma_sm90.cuh"
+#include "attn_mma/mask.cuh"
+#include "attn_wgmma/softmax_sm90.cuh"
+
+namespace sagegen::attn_wg {
+
+template <int D, int BlockN, int Consumers, int Stages, bool Overlap, bool PingPong, bool Causal, class OutT,
+          int QTile, int QSub, int KTile, int KSub, class Mma = wg::MmaSm90>
+struct Config {
+  static constexpr int kD = D, kBlockN = BlockN, kConsumers = Consumers, kStages = Stages;
+  static constexpr bool kOverlap = Overlap;  // softmax of block j + 1 under P.V of block j
+  static constexpr bool kPingPong = PingPong;  // consumer warpgroups take turns issuing their MMAs
+  static constexpr int kBlockM = 64 * Consumers, kThreads = 128 * (Consumers + 1);
+  static constexpr bool kCausal = Causal;
+  static constexpr int kQTile = QTile, kQSub = QSub, kKTile = KTile, kKSub = KSub;
+  static constexpr int kTileQ = kBlockM * D, kTileK = BlockN * D, kTileV = D * BlockN;  // bytes (8-bit operands)
+  static constexpr int kSmemBytes = 1024 /* alignment slack */ + kTileQ + Stages * (kTileK + kTileV) +
+                                    8 * (2 * Stages + 1) /* mbarriers */;
+  // Registers per thread after setmaxnreg: the producer keeps the minimum, the consumers take the rest of the
+  // 64K register file (multiples of 8).
+  static constexpr int kProducerRegs = 24;
+  static constexpr int kConsumerRegs = ((65536 / 128 - kProducerRegs) / Consumers) / 8 * 8 > 240
+                                           ? 240 : ((65536 / 128 - kProducerRegs) / Consumers) / 8 * 8;
+  static constexpr int kEmptyArrivals = 4 * Consumers;  // one per consumer warp
+  using Out = OutT;
+  using MmaOps = Mma;
+  static_assert(BlockN == 128, "the V image is blocked by 128 keys");
+  static_assert(D == 64 || D == 128, "head dim");
+  static_assert(QTile % 16 == 0, "a thread's two rows (g, g + 8) must share one Q scale group");
+  static_assert(KTile == BlockN, "K scales are per key block (or per thread within it)");
+  static_assert(!PingPong || (Consumers == 2 && Overlap), "ping-pong alternates two overlapping warpgroups");
+};
+
+struct Params {
+  const int8_t* q8; const float* q_scale;    // Q image [B, Hq, nq_pad, D], scales [B, Hq, groups]
+  const int8_t* k8; const float* k_scale;    // K image [B, Hkv, nk_pad, D] (smoothed)
+  const uint8_t* v8; const float* v_scale;   // V image e4m3 [B, Hkv, nk_pad/128, D, 128], scales [B, Hkv, D]
+  void* o; long long o_sb, o_sh, o_sn;       // output [.., d] in the caller's layout
+  float* lse;                                // optional [B, Hq, nq], natural log
+  int Hq, Hkv, nq, nk, nq_pad, nk_pad, d;
+  float sm_scale_log2;
+  int causal_offset;
+};
+
+constexpr float kLog2PGain = 8.807354922057604f;  // log2(448): p in [0, 1] -> e4m3's full range
+
+struct Smem {
+  uint8_t* q; uint8_t* k; uint8_t* v;
+  uint64_t* full; uint64_t* empty; uint64_t* q_full;
+};
+
+template <class C>
+__device__ __forceinline__ Smem carve_smem(uint8_t* raw) {
+  // The swizzled tiles must start on 1024-byte boundaries (the hardware swizzles shared-memory address bits).
+  uint8_t* base = raw + ((1024 - (sm90::smem_u32(raw) & 1023)) & 1023);
+  Smem s;
+  s.q = base;
+  s.k = s.q + C::kTileQ;
+  s.v = s.k + C::kStages * C::kTileK;
+  s.full = reinterpret_cast<uint64_t*>(s.v + C::kStages * C::kTileV);
+  s.empty = s.full + C::kStages;
+  s.q_full = s.empty + C::kStages;
+  return s;
+}
+
+// The producer thread: Q once, then every key block this CTA visits, kStages ahead of the slowest consumer.
+template <class C>
+__device__ __forceinline__ void produce(const Params& p, const Smem& sm, long long bh, long long bhk, int m0, int nb) {
+  const uint8_t* gQ = reinterpret_cast<const uint8_t*>(p.q8) + (bh * p.nq_pad + m0) * C::kD;
+  const uint8_t* gK = reinterpret_cast<const uint8_t*>(p.k8) + bhk * p.nk_pad * C::kD;
+  const uint8_t* gV = p.v8 + bhk * p.nk_pad * C::kD;  // same bytes per head as K, blocked by 128 keys
+  sm90::mbar_arrive_expect_tx(sm.q_full, C::kTileQ);
+  sm90::bulk_load(sm.q, gQ, C::kTileQ, sm.q_full);
+  for (int j = 0; j < nb; ++j) {
+    const int s = j % C::kStages;
+    if (j >= C::kStages) sm90::mbar_wait(&sm.empty[s], (j / C::kStages - 1) & 1);
+    sm90::mbar_arrive_expect_tx(&sm.full[s], C::kTileK + C::kTileV);
+    sm90::bulk_load(sm.k + s * C::kTileK, gK + (long long)j * C::kTileK, C::kTileK, &sm.full[s]);
+    sm90::bulk_load(sm.v + s * C::kTileV, gV + (long long)j * C::kTileV, C::kTileV, &sm.full[s]);
+  }
+}
+
+// Four e4m3 bytes, the lowest from a.
+__device__ __forceinline__ uint32_t pack_e4m3x4(float a, float b, float c, float d) {
+  return uint32_t(pack_e4m3x2(a, b)) | (uint32_t(pack_e4m3x2(c, d)) << 16);
+}
+
+// One consumer warpgroup: 64 query rows; warp w holds rows 16w + g and 16w + g + 8 (g = lane / 4), columns
+// 8c + 2t and 8c + 2t + 1 of every 8-column chunk c (t = lane % 4): one m-tile of attn_mma's softmax fragment.
+//
+// kOverlap: block j's P.V runs on the tensor cores while the softmax of block j + 1 runs on the FMA and exp units
+// (Q.K^T of block j + 1 is issued before P.V of block j; wgmma groups retire in order). One score tile suffices:
+// the scores of block j were packed into P before Q.K^T of block j + 1 overwrites them.
+template <class C>
+__device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw, long long bh, long long bhk, int b,
+                                        int h, int m0, int nb) {
+  using Mma = typename C::MmaOps;
+  constexpr int kNChunks = C::kBlockN / 8, kDChunks = C::kD / 8, kPSteps = C::kBlockN / 32;
+  const int tid = threadIdx.x % 128, warp = tid / 32, lane = tid % 32, g = lane / 4, tq = lane % 4;
+  const int wg_m0 = m0 + cw * 64, row0 = wg_m0 + warp * 16 + g;
+  const int q_groups = p.nq_pad / C::kQTile * C::kQSub, k_groups = p.nk_pad / C::kKTile * C::kKSub;
+  const float q_scale = p.q_scale[bh * q_groups + attn::scale_group(row0, C::kQTile, C::kQSub)] * p.sm_scale_log2;
+  const uint32_t q_addr = sm90::smem_u32(sm.q + cw * 64 * C::kD);
+
+  float o[kDChunks * 4];
+#pragma unroll
+  for (int i = 0; i < kDChunks * 4; ++i) o[i] = 0.f;
+  attn::RowState st;
+  float sc[kNChunks][4];           // scores of one block: biased int32 from the MMA, then probabilities
+  auto& s_acc = reinterpret_cast<uint32_t(&)[kNChunks * 4]>(sc);
+  uint32_t pa[kPSteps][4];         // P (e4m3) as the A operand of the P.V k-steps
+  float ob[kDChunks * 4];          // one block's P.V (the inner level of the two-level accumulation)
+  float alpha[2], alpha_next[2];
+
+  auto stage_of = [](int j) { return j % C::kStages; };
+  auto issue_qk = [&](int j) {  // S = bias + Q.K^T (s32) for block j, once its stage has landed
+    const int s = stage_of(j);
+    sm90::mbar_wait(&sm.full[s], (j / C::kStages) & 1);
+    const uint32_t k_addr = sm90::smem_u32(sm.k + s * C::kTileK);
+#pragma unroll
+    for (int i = 0; i < kNChunks * 4; ++i) s_acc[i] = kScoreBiasBits;  // softmax_sm90.cuh: floats without I2F
+    wg::fence_operands(s_acc);
+    Mma::begin();
+#pragma unroll
+    for (int kk = 0; kk < C::kD / 32; ++kk)
+      Mma::template qk<C::kBlockN>(wg::kmajor_desc<C::kD>(q_addr + kk * 32), wg::kmajor_desc<C::kD>(k_addr + kk * 32),
+                                   s_acc, true);
+    Mma::commit();
+  };
+  auto softmax = [&](int j, float (&a)[2]) {  // block j's scores (landed) -> 448 p in sc, row rescale in a
+    wg::fence_operands(s_acc);
+    const int col0 = j * C::kBlockN + 2 * tq;
+    if (attn::block_needs_mask<C::kCausal, C::kBlockN>(j, wg_m0, p.nk, p.causal_offset))
+      attn::apply_mask<C::kCausal, kNChunks>(sc, row0, col0, p.nk, p.causal_offset);
+    const float k_scale = p.k_scale[bhk * k_groups + attn::scale_group(col0, C::kKTile, C::kKSub)];
+    // A NaN scale (NaN inputs) must survive the floor: the comparison is false for NaN.
+    const float qk = q_scale * k_scale;
+    softmax_block<kNChunks>(sc, qk < attn::kMinScale ? attn::kMinScale : qk, st, a, kLog2PGain);
+  };
+  auto pack_p = [&]() {
+    // A fragment of m64nNk32: register r of k-step kk holds row half r & 1, chunks 4kk + 2(r >> 1) + {0, 1}.
+#pragma unroll
+    for (int kk = 0; kk < kPSteps; ++kk)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int c = 4 * kk + 2 * (r >> 1), e = 2 * (r & 1);
+        pa[kk][r] = pack_e4m3x4(sc[c][e], sc[c][e + 1], sc[c + 1][e], sc[c + 1][e + 1]);
+      }
+  };
+  auto issue_pv = [&](int j) {
+    const uint32_t v_addr = sm90::smem_u32(sm.v + stage_of(j) * C::kTileV);
+    wg::fence_operands(ob);
+    Mma::begin();
+#pragma unroll
+    for (int kk = 0; kk < kPSteps; ++kk)
+      Mma::template pv<C::kD>(pa[kk], wg::kmajor_desc<128>(v_addr + kk * 32), ob, kk > 0);
+    Mma::commit();
+  };
+  auto finish_pv = [&](int j, const float (&a)[2]) {  // after block j's P.V retired: free its stage, O += it
+    wg::fence_operands(ob);
+    __syncwarp();
+    if (lane == 0) sm90::mbar_arrive(&sm.empty[stage_of(j)]);  // this warp is done with the stage
+#pragma unroll
+    for (int i = 0; i < kDChunks * 4; ++i) o[i] = fmaf(o[i], a[(i >> 1) & 1], ob[i]);
+  };
+
+  // Ping-pong: the two consumer warpgroups take turns issuing their MMA batches (named barrier 1 + cw: "my
+  // turn"), so one warpgroup's softmax runs while the other's MMAs own the tensor cores. Warpgroup 1 hands the
+  // first turn to warpgroup 0; every batch passes the turn on; warpgroup 0 absorbs the last hand-back.
+  auto my_turn = [&]() {
+    if constexpr (C::kPingPong) sm90::named_sync(1 + cw, 256);
+  };
+  auto pass_turn = [&]() {
+    if constexpr (C::kPingPong) sm90::named_arrive(2 - cw, 256);
+  };
+  if constexpr (C::kPingPong) {
+    if (cw == 1) sm90::named_arrive(1, 256);
+  }
+
+  sm90::mbar_wait(sm.q_full, 0);
+  if constexpr (C::kOverlap) {
+    // Straight-line steady state (no conditional wgmma issue inside the loop): ptxas must see that wait<1>
+    // retires Q.K^T of block j + 1, or it serializes every wgmma.
+    if (nb > 0) {
+      my_turn();
+      issue_qk(0);
+      pass_turn();
+      Mma::template wait<0>();
+      softmax(0, alpha);
+      pack_p();
+    }
+    for (int j = 0; j + 1 < nb; ++j) {
+      my_turn();
+      issue_qk(j + 1);
+      issue_pv(j);
+      pass_turn();
+      Mma::template wait<1>();  // Q.K^T of block j + 1 retired; P.V of block j may still run
+      softmax(j + 1, alpha_next);
+      Mma::template wait<0>();
+      finish_pv(j, alpha);
+      pack_p();  // only now: P.V of block j read the previous P until it retired
+      alpha[0] = alpha_next[0];
+      alpha[1] = alpha_next[1];
+    }
+    if (nb > 0) {
+      my_turn();
+      issue_pv(nb - 1);
+      pass_turn();
+      Mma::template wait<0>();
+      finish_pv(nb - 1, alpha);
+    }
+    if constexpr (C::kPingPong) {
+      if (cw == 0) sm90::named_sync(1, 256);  // warpgroup 1's last hand-back
+    }
+  } else {
+    for (int j = 0; j < nb; ++j) {
+      issue_qk(j);
+      Mma::template wait<0>();
+      softmax(j, alpha);
+      pack_p();
+      issue_pv(j);
+      Mma::template wait<0>();
+      finish_pv(j, alpha);
+    }
+  }
+
+  // Epilogue: O / l (l carries the same 448 gain as P), times V's per-channel scales; rows < nq, columns < d.
+  const float kLn2 = 0.6931471805599453f;
+  const float* v_scale = p.v_scale + bhk * C::kD;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = row0 + 8 * r;
+    const float l = attn::quad_sum(st.sum[r]);
+    const float inv = l > 0.f ? 1.f / l : 0.f;  // a row that sees no key gets 0 (and lse = -inf)
+    if (row >= p.nq) continue;
+    typename C::Out* orow = static_cast<typename C::Out*>(p.o) + b * p.o_sb + h * p.o_sh + row * p.o_sn;
+#pragma unroll
+    for (int c = 0; c < kDChunks; ++c) {
+      const int col = c * 8 + 2 * tq;
+      if (col < p.d) {
+        const float2 vs = *reinterpret_cast<const float2*>(v_scale + col);
+        *reinterpret_cast<uint32_t*>(orow + col) =
+            attn::pack_out<typename C::Out>(o[4 * c + 2 * r] * inv * vs.x, o[4 * c + 2 * r + 1] * inv * vs.y);
+      }
+    }
+    if (p.lse != nullptr && tq == 0)
+      p.lse[bh * p.nq + row] = l > 0.f ? (st.max[r] + __log2f(l) - kLog2PGain) * kLn2 : attn::kNegInf;
+  }
+}
+
+template <class C>
+__device__ __forceinline__ void attn_fwd(const Params& p) {
+  extern __shared__ uint8_t smem_raw[];
+  const Smem sm = carve_smem<C>(smem_raw);
+  // Causal: the last query tiles see the most keys; launch them first so they do not trail at the end.
+  const int mb = C::kCausal ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+  const int h = blockIdx.y, b = blockIdx.z, hk = h / (p.Hq / p.Hkv);
+  const int m0 = mb * C::kBlockM;
+  const long long bh = (long long)b * p.Hq + h, bhk = (long long)b * p.Hkv + hk;
+  const int nb = attn::key_blocks<C::kCausal, C::kBlockM, C::kBlockN>(m0, p.nk, p.causal_offset);
+
+  if (threadIdx.x == 0) {
+#pragma unroll
+    for (int s = 0; s < C::kStages; ++s) {
+      sm90::mbar_init(&sm.full[s], 1);
+      sm90::mbar_init(&sm.empty[s], C::kEmptyArrivals);
+    }
+    sm90::mbar_init(sm.q_full, 1);
+    sm90::mbar_init_fence();
+  }
+  __syncthreads();  // the last CTA-wide barrier: the producer warpgroup leaves early
+
+  const int wg = threadIdx.x / 128;
+  if (wg == 0) {
+    sm90::regs_release<C::kProducerRegs>();
+    if (threadIdx.x == 0) produce<C>(p, sm, bh, bhk, m0, nb);
+  } else {
+    sm90::regs_claim<C::kConsumerRegs>();
+    consume<C>(p, sm, wg - 1, bh, bhk, b, h, m0, nb);
+  }
+}
+
+}  // namespace sagegen::attn_wg

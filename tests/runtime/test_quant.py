@@ -1,0 +1,118 @@
+"""runtime/quant.py: the launches of the quantization passes (on the CPU, launches recorded) and, on a GPU, the
+operand-image layouts (qk_image, v_mode="e4m3w") against the plain buffers rearranged by quant_layout's helpers."""
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+import torch
+
+from sagegen.arch import ARCHES
+from sagegen.quant_layout import ScaleGroups, k_groups, padded_len, q_groups, qk_to_image, v_to_image
+from sagegen.render import render
+from sagegen.runtime import launch, quant
+
+QG, KG = q_groups("thread", 128, 64), k_groups("thread", 128)  # what a wgmma kernel (m128, n128) would ask
+
+
+@pytest.fixture
+def recorded(monkeypatch):
+    """quantize() on CPU tensors as on an sm90a GPU; its launches recorded as (spec, grid, args), not run."""
+    launches = []
+    monkeypatch.setattr(launch, "launch", lambda spec, grid, block, smem, dev, stream, *args:
+                        launches.append((spec, grid, args)))
+    monkeypatch.setattr(quant, "device_arch", lambda idx: ARCHES["sm90a"])
+    monkeypatch.setattr(quant, "stream_handle", lambda dev: 0)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    return launches
+
+
+def _qkv(B=2, H=3, n=1000, d=128):
+    return [torch.randn(B, H, n, d, dtype=torch.bfloat16) for _ in range(3)]
+
+
+def _param_count(spec) -> int:
+    signature = re.search(rf"{spec.name}\((.*?)\)\s*{{", render(spec), re.S).group(1)
+    return signature.count(",") + 1
+
+
+@pytest.mark.parametrize("qk_image", [False, True])
+def test_image_launch_reuses_the_fp8_stats_and_passes_qk_image(recorded, qk_image):
+    z = quant.quantize(*_qkv(), layout="HND", q_groups=QG, k_groups=KG, v_mode="e4m3w", qk_image=qk_image)
+    (stats, _, stats_args), (qkv, grid, args) = recorded
+    assert (stats.op, stats.v) == ("stats", "e4m3t") and (qkv.op, qkv.v) == ("qkv", "e4m3w")
+    assert stats_args[-1] != 0  # V amax is computed
+    assert len(args) == _param_count(qkv) and len(stats_args) == _param_count(stats)
+    # q(4) k(4) v(4) Hq..nk_pad(7) q_tile q_sub k_tile k_sub splits, then qk_image
+    assert int(args[24]) == int(qk_image) and isinstance(args[24], launch.i32)
+    assert z.v.shape == (2, 3, padded_len(1000) // 128, 128, 128) and z.v.dtype == torch.float8_e4m3fn
+    assert z.v_scale.shape == (2, 3, 128) and z.q8.shape == z.k8.shape == (2, 3, 1024, 128)
+
+
+def test_plain_launch_passes_qk_image_off(recorded):
+    quant.quantize(*_qkv(d=64), layout="HND", q_groups=QG, k_groups=KG, v_mode="f16")
+    (stats, _, _), (qkv, _, args) = recorded
+    assert stats.v == "none" and int(args[24]) == 0 and len(args) == _param_count(qkv)
+
+
+@pytest.mark.parametrize("d", [129, 256])
+def test_qk_image_rejects_head_dims_above_128(recorded, d):
+    with pytest.raises(ValueError, match="qk_image"):
+        quant.quantize(*_qkv(n=128, d=d), layout="HND", q_groups=QG, k_groups=KG, v_mode="e4m3w", qk_image=True)
+    assert not recorded
+
+
+# --- on the GPU: the image kernels write exactly the rearranged plain buffers -----------------------------------
+@pytest.fixture(scope="session")
+def quant_kernels(gpu_arch, session_cache_dir):
+    """The quant variants of the device's arch, compiled in parallel once (not every attention variant)."""
+    from sagegen.build import build
+    from sagegen.render import default_out_dir
+    from sagegen.variants import select
+
+    return build(select([gpu_arch], "quant_*"), out_dir=default_out_dir(), jobs=os.cpu_count(),
+                 cache_root=session_cache_dir, progress=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", ["HND", "NHD"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("d", [64, 128, 72])
+def test_operand_images_equal_the_rearranged_plain_buffers(quant_kernels, layout, dtype, d):
+    from .gpu_util import inputs
+
+    assert not quant_kernels.failed, sorted(quant_kernels.failed)
+    q, k, v = inputs("outliers", B=2, Hq=3, nq=1000, nk=1000, d=d, dtype=dtype, layout=layout, seed=d)
+    kw = dict(layout=layout, q_groups=QG, k_groups=ScaleGroups(64, 4), with_qk_bias=True)
+    plain = quant.quantize(q, k, v, v_mode="e4m3t", **kw)
+    image = quant.quantize(q, k, v, v_mode="e4m3w", qk_image=True, **kw)
+    torch.cuda.synchronize()
+    assert torch.equal(image.q8, qk_to_image(plain.q8)) and torch.equal(image.k8, qk_to_image(plain.k8))
+    assert torch.equal(image.v.view(torch.uint8), v_to_image(plain.v).view(torch.uint8))
+    for name in ("q_scale", "k_scale", "v_scale", "qk_bias"):
+        assert torch.equal(getattr(image, name), getattr(plain, name)), name
+
+
+def test_operand_image_test_logic(monkeypatch):
+    """The GPU test above on the CPU, the reference quantizers (and their .image()) standing in for the kernels:
+    keeps its logic from rotting without a GPU. Says nothing about the kernels."""
+    from sagegen.build import BuildResult
+    from sagegen.reference import quantize_int8, quantize_v_fp8
+
+    from . import gpu_util as G
+
+    def reference_quantize(q, k, v, *, layout, q_groups, k_groups, v_mode, with_qk_bias=False, qk_image=False):
+        rq, rk = quantize_int8(q, q_groups, layout=layout), quantize_int8(k, k_groups, smooth=True, layout=layout)
+        rv = quantize_v_fp8(v, layout=layout)
+        q8, k8 = (rq.image(), rk.image()) if qk_image else (rq.data, rk.data)
+        vo = rv.image() if v_mode == "e4m3w" else rv.data
+        bias = torch.zeros(1)  # not what the kernel computes: equal in both runs is all the test asks
+        return quant.Quantized(q8, rq.scale, k8, rk.scale, vo, rv.scale, bias, 0, 0, 0, 0)
+
+    real_inputs = G.make_inputs
+    monkeypatch.setattr(G, "make_inputs", lambda dist, **kw: real_inputs(dist, **{**kw, "device": "cpu"}))
+    monkeypatch.setattr(quant, "quantize", reference_quantize)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    for layout, d in (("NHD", 64), ("HND", 72)):
+        test_operand_images_equal_the_rearranged_plain_buffers(BuildResult(), layout, torch.bfloat16, d)

@@ -1,0 +1,160 @@
+"""The sm90a warpgroup family's declared space and validity rules.
+
+Specs are derived from an enumerated variant with dataclasses.replace, and fields are found through
+dataclasses.fields, so adding a schedule flag to AttnWgmmaSpec does not break these tests.
+"""
+import copy
+import dataclasses
+import re
+
+import pytest
+
+from sagegen.arch import ARCHES, TMA, WGMMA
+from sagegen.errors import InvalidVariant
+from sagegen.quant_layout import N_ALIGN, k_groups, q_groups
+from sagegen.variants import select, spec_from_name
+from sagegen.variants.attn_wgmma import (GRANULARITY_PAIRS, OUT_TYPES, TILES, WARPGROUP_ROWS, AttnWgmmaSpec,
+                                         enumerate_variants)
+
+# The fields the declared tuples and loops fix; anything else is a schedule choice (overlap, ...).
+DECLARED = {"arch", "qk", "pv", "o", "d", "m", "n", "s", "qg", "kg", "causal"}
+
+
+def _base(**change) -> AttnWgmmaSpec:
+    """A valid variant: d128, two stages, bf16 out, per-thread Q and K scales, causal."""
+    spec = next(s for s in enumerate_variants("sm90a")
+                if (s.d, s.s, s.o, s.qg, s.kg, s.causal) == (128, 2, "bf16", "thread", "thread", True))
+    return dataclasses.replace(spec, **change)
+
+
+def _schedule(spec) -> tuple:
+    return tuple((f.name, getattr(spec, f.name)) for f in dataclasses.fields(spec) if f.name not in DECLARED)
+
+
+def test_name_spells_parameters_in_the_documented_order():
+    spec = _base()
+    assert re.fullmatch(r"attn_wgmma_sm90a_qk_i8_pv_e4m3_o_bf16_d128_m128_n128_s2_(\w+_)?qg_thread_kg_thread_causal",
+                        spec.name), spec.name
+    assert spec_from_name(spec.name) == spec and AttnWgmmaSpec.from_name(spec.name) == spec
+
+
+def test_every_enumerated_name_round_trips():
+    specs = enumerate_variants("sm90a")
+    assert len({s.name for s in specs}) == len(specs)
+    for s in specs:
+        assert spec_from_name(s.name) == s and AttnWgmmaSpec.from_name(s.name) == s
+
+
+def test_every_valid_single_field_change_changes_the_name():
+    specs = enumerate_variants("sm90a")
+    values = {f.name: {getattr(s, f.name) for s in specs} for f in dataclasses.fields(AttnWgmmaSpec)}
+    changed = set()
+    for base in specs:
+        for name, alternatives in values.items():
+            for alt in alternatives - {getattr(base, name)}:
+                try:
+                    other = dataclasses.replace(base, **{name: alt})
+                except InvalidVariant:  # coupled schedule flags: not every single change is valid
+                    continue
+                assert other.name != base.name and spec_from_name(other.name) == other, (name, alt)
+                changed.add(name)
+    # every field that varies in the enumeration has a valid single change from some variant
+    assert changed == {n for n, v in values.items() if len(v) > 1}
+
+
+def _perturbed(value):
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    return value + "x"
+
+
+def test_every_field_shows_in_the_name_even_single_valued_ones():
+    base = _base()
+    for f in dataclasses.fields(base):
+        other = copy.copy(base)
+        other.__dict__.pop("name", None)  # the name is cached per instance; this copy is mutated behind its back
+        value = "sm80" if f.name == "arch" else _perturbed(getattr(base, f.name))
+        object.__setattr__(other, f.name, value)
+        assert other.name != base.name, f"field {f.name} does not show in {base.name}"
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(qk="i4"), "qk must be i8"), (dict(pv="f16"), "pv must be e4m3"), (dict(pv="e5m2"), "pv must be e4m3"),
+    (dict(o="f32"), "o must be one of"), (dict(d=96), "d must be 64 or 128"), (dict(d=256), "d must be 64 or 128"),
+    (dict(m=64), "m must be 128"), (dict(m=192), "m must be 128"), (dict(n=64), "n must be 128"),
+    (dict(n=256), "n must be 128"), (dict(s=1), "s must be"), (dict(s=5), "s must be"),
+    (dict(qg="row"), "qg in"), (dict(kg="warp"), "kg in"), (dict(kg="row"), "kg in"),
+])
+def test_invalid_parameters_are_rejected_with_the_reason(change, match):
+    with pytest.raises(InvalidVariant, match=match):
+        _base(**change)
+
+
+@pytest.mark.parametrize("arch", [a for a in ARCHES if a != "sm90a"])
+def test_other_arches_are_rejected_naming_the_missing_feature(arch):
+    with pytest.raises(InvalidVariant, match="wgmma|tma"):
+        _base(arch=arch)
+
+
+def test_invalid_variant_is_a_value_error_with_a_message():
+    with pytest.raises(ValueError) as e:
+        _base(d=96)
+    assert isinstance(e.value, InvalidVariant) and "96" in str(e.value)
+
+
+@pytest.mark.parametrize("arch", list(ARCHES))
+def test_only_sm90a_has_variants(arch):
+    specs = enumerate_variants(arch)
+    assert bool(specs) == (arch == "sm90a") == ARCHES[arch].has(WGMMA, TMA)
+    assert select([arch], "attn_wgmma_*") == specs
+
+
+def test_enumeration_is_the_whole_declared_space_times_the_schedules():
+    specs = enumerate_variants("sm90a")
+    schedules = {_schedule(s) for s in specs}
+    # 2 head dims x tiles x scale-granularity pairs x output dtypes x causal, each with every schedule: none of
+    # the declared combinations is dropped as invalid on sm90a
+    assert len(specs) == 2 * len(TILES) * len(GRANULARITY_PAIRS) * len(OUT_TYPES) * 2 * len(schedules)
+    assert {(s.m, s.n, s.s) for s in specs} == set(TILES)
+    assert {(s.qg, s.kg) for s in specs} == set(GRANULARITY_PAIRS)
+    assert {s.d for s in specs} == {64, 128} and {s.o for s in specs} == set(OUT_TYPES)
+    assert {(s.qk, s.pv) for s in specs} == {("i8", "e4m3")}
+
+
+def test_every_variant_fits_sm90a_and_its_tiles_divide_the_padding():
+    for s in enumerate_variants("sm90a"):
+        assert s.smem_bytes() <= ARCHES["sm90a"].smem_per_block
+        assert s.m % WARPGROUP_ROWS == 0 and N_ALIGN % s.m == 0 and s.n == N_ALIGN
+        assert s.consumers == s.m // WARPGROUP_ROWS and s.threads == 128 * (s.consumers + 1)
+        ctx = s.context()
+        assert ctx["threads"] == s.threads and ctx["smem"] == s.smem_bytes()
+        assert (ctx["q_tile"], ctx["q_sub"], ctx["k_tile"], ctx["k_sub"]) == \
+            (s.q_groups.tile, s.q_groups.sub, s.k_groups.tile, s.k_groups.sub)
+
+
+def test_shared_memory_grows_with_stages_and_head_dim():
+    assert _base(s=2).smem_bytes() < _base(s=3).smem_bytes() < _base(s=4).smem_bytes()
+    assert _base(d=64).smem_bytes() < _base(d=128).smem_bytes()
+    assert _base().threads == 384  # one producer and two consumer warpgroups
+
+
+# (qg, kg) -> the SageAttention2 emulation's granularity (sagegen.reference.sage2_attention), warp_m = 16 rows
+EMULATION = {("block", "block"): "block", ("warp", "block"): "warp", ("thread", "thread"): "thread"}
+
+
+@pytest.mark.parametrize("qg, kg", GRANULARITY_PAIRS)
+def test_scale_groups_are_the_emulations(qg, kg):
+    """The GPU tests compare each variant with sage2_attention(granularity, block_m=m, warp_m=16, block_n=n): the
+    kernel's groups must be exactly the emulation's."""
+    spec = _base(qg=qg, kg=kg)
+    gran = EMULATION[(qg, kg)]
+    assert spec.q_groups == q_groups(gran, spec.m, 16)
+    assert spec.k_groups == k_groups(gran, spec.n)
+
+
+def test_thread_granularity_uses_the_wgmma_fragment_layout():
+    spec = _base(qg="thread", kg="thread")
+    assert (spec.q_groups.tile, spec.q_groups.sub) == (16, 8)  # a warp's 16 rows, 8 row groups of its threads
+    assert (spec.k_groups.tile, spec.k_groups.sub) == (spec.n, 4)
