@@ -27,6 +27,8 @@ GOLDEN = {
     "quant_sm90a_qkv_bf16_e4m3t_d128": ("sm90a", "quant_sm90a_op_qkv_x_bf16_v_e4m3t_d128"),
     "attn_mma_sm120a_d64_m64_n64_thread_causal": (
         "sm120a", "attn_mma_sm120a_*_acc_f32_o_bf16_d64_m64_n64_w4_s2_*qg_thread_kg_thread_causal"),
+    "attn_wgmma_sm90a_d128_s3_ovl_pp_thread_full": (
+        "sm90a", "attn_wgmma_sm90a_*_o_bf16_d128_m128_n128_s3_ovl_pp_qg_thread_kg_thread_full"),
 }
 REGEN = "SAGEGEN_UPDATE_GOLDEN=1 python -m pytest tests/test_render.py"
 

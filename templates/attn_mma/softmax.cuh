@@ -36,12 +36,9 @@ struct RowState {
 // Lazy rescaling: a row's reference max moves only when the block max exceeds it by more than kSlack (log2
 // units). Probabilities can then reach 2^kSlack, which the fp32 accumulators and fp16 P absorb, and most blocks
 // after the first few skip rescaling O. Returns whether any row of the warp moved (then O *= alpha).
-// log2_gain: every probability (and so every row sum) comes out multiplied by 2^log2_gain, for free inside the
-// exponent; the FP8 P.V path uses it to map p in [0, 1] onto e4m3's range.
 template <int kMTiles, int kNTiles, int kSlack>
 __device__ __forceinline__ bool online_softmax(float (&s)[kMTiles][kNTiles][4], const float (&scale)[kMTiles][2],
-                                               RowState (&st)[kMTiles], float (&alpha)[kMTiles][2],
-                                               float log2_gain = 0.f) {
+                                               RowState (&st)[kMTiles], float (&alpha)[kMTiles][2]) {
   float block_max[kMTiles][2];
 #pragma unroll
   for (int mt = 0; mt < kMTiles; ++mt)
@@ -77,7 +74,7 @@ __device__ __forceinline__ bool online_softmax(float (&s)[kMTiles][kNTiles][4], 
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       // Rows with no visible key yet keep max = -inf; exponentiate against 0 so they yield 0, not NaN.
-      const float neg_ref = (st[mt].max[r] == kNegInf ? 0.f : -st[mt].max[r]) + log2_gain;
+      const float neg_ref = st[mt].max[r] == kNegInf ? 0.f : -st[mt].max[r];
       float sum[kNTiles];
 #pragma unroll
       for (int j = 0; j < kNTiles; ++j) {

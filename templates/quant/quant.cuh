@@ -237,8 +237,11 @@ __device__ __forceinline__ int v_key_pos(int k) { return (k & ~0xE) | ((k & 6) <
 template <class T, int D, bool kImage>
 __device__ void quantize_v_e4m3_chunk(const QkvArgs& a, int chunk_id) {
   using M = RowMap<D>;
-  constexpr int kPitch = kChunk + 16;  // bytes per smem row; the pad spreads the transposed writes over banks
-  __shared__ __align__(16) uint8_t tile[D][kPitch];
+  // [channel][key] bytes. The 16 threads of a row write channels 8 apart: with plain rows every one of them
+  // hits the same bank (any 16-byte-aligned pitch is a multiple of 128 bytes per 8 rows). XOR-ing the 16-byte
+  // chunk index with (channel / 8) % 8 spreads them over 8 banks (2-way at worst).
+  __shared__ __align__(16) uint8_t tile[D][kChunk];
+  auto swz = [](int c, int byte) { return (((byte >> 4) ^ ((c >> 3) & 7)) << 4) | (byte & 15); };
   __shared__ float inv_scale[D];
   const int chunks = a.nk_pad / kChunk;
   const int bh = chunk_id / chunks, chunk = chunk_id % chunks, b = bh / a.Hkv, h = bh % a.Hkv;
@@ -267,8 +270,8 @@ __device__ void quantize_v_e4m3_chunk(const QkvArgs& a, int chunk_id) {
 #pragma unroll
     for (int i = 0; i < 8; i += 2) {
       uint16_t two = pack_e4m3x2(f[i] * inv_scale[ch + i], f[i + 1] * inv_scale[ch + i + 1]);
-      tile[ch + i][key] = uint8_t(two & 0xff);
-      tile[ch + i + 1][key] = uint8_t(two >> 8);
+      tile[ch + i][swz(ch + i, key)] = uint8_t(two & 0xff);
+      tile[ch + i + 1][swz(ch + i + 1, key)] = uint8_t(two >> 8);
     }
   }
   __syncthreads();
@@ -278,7 +281,7 @@ __device__ void quantize_v_e4m3_chunk(const QkvArgs& a, int chunk_id) {
   for (int i = threadIdx.x; i < D * (kChunk / 16); i += kThreads) {
     const int c = i / (kChunk / 16), seg = i % (kChunk / 16);
     const long long dst = kImage ? c * kChunk + ((seg ^ (c % 8)) * 16) : (long long)c * a.nk_pad + seg * 16;
-    *reinterpret_cast<uint4*>(out + dst) = *reinterpret_cast<const uint4*>(&tile[c][seg * 16]);
+    *reinterpret_cast<uint4*>(out + dst) = *reinterpret_cast<const uint4*>(&tile[c][swz(c, seg * 16)]);
   }
 }
 

@@ -4,7 +4,7 @@
 using Elem = __nv_bfloat16;
 constexpr int kD = 128;
 constexpr int kVMode = 2;
-extern "C" __global__ void __launch_bounds__(256) quant_sm90a_op_qkv_x_bf16_v_e4m3t_d128(
+extern "C" __global__ void __launch_bounds__(256, 3) quant_sm90a_op_qkv_x_bf16_v_e4m3t_d128(
     const void* q, long long qsb, long long qsh, long long qsn,
     const void* k, long long ksb, long long ksh, long long ksn,
     const void* v, long long vsb, long long vsh, long long vsn,
