@@ -20,7 +20,11 @@ Heuristic (``heuristic``), used whenever nothing was measured for the key:
     (64, 64, 4, 2) ~362, (128, 64, 8, 2) ~358; anything else after them (larger tiles first);
   * when the grid of 128-row tiles would not fill the GPU once (B*Hq*ceil(Nq/128) < SM count), the 64-row tile
     goes first: twice the CTAs beats the larger tile's reuse on a half-empty GPU.
-The heuristic never picks torch SDPA: only a measurement can.
+  * torch SDPA (cuDNN) where it was measured faster than every sagegen kernel and computes the same thing
+    (``SDPA_FASTER``: arch -> (d, causal, largest key-length bucket); H100, B*H = 128, BENCHMARKS.md 2026-11-26:
+    at d=128 cuDNN wins up to 4k keys, at d=64 up to 8k), unless SDPA is not allowed (SAGEGEN_FORCE_KERNEL=1,
+    ``sdpa_fallback=False``) or cannot compute the call (GQA, LSE, another output dtype, causal with Nq != Nk).
+    The result is then exact attention: never slower than cuDNN where it was measured, and more accurate.
 
 Autotuner (``autotune``, or ``SAGEGEN_AUTOTUNE=1`` which makes ``attention()`` tune each new key once): times
 every candidate end to end (quantization + kernel) with CUDA events (median of ``reps`` runs after ``warmup``), and
@@ -62,6 +66,12 @@ GQA_BUCKET_MAX = 16
 PREFERRED_TILES = ((128, 32, 4, 2), (64, 64, 4, 2), (128, 64, 8, 2))
 SMALL_GRID_TILES = ((64, 64, 4, 2), (128, 32, 4, 2), (128, 64, 8, 2))
 GRANULARITY_ORDER = (("thread", "thread"), ("warp", "block"), ("block", "block"))
+# Where torch SDPA's cuDNN backend beat the registry's kernel end to end (NVIDIA H100, B=4, H=32, bf16; the
+# fast family's e2e vs cuDNN in BENCHMARKS.md): (d, causal) -> the largest key-length bucket where cuDNN won.
+SDPA_FASTER = {
+    "sm90a": {(128, False): 4096, (128, True): 4096, (64, False): 8192, (64, True): 8192},
+}
+
 # (s, overlap, pingpong) per head dim, best first (NVIDIA H200, B=4, H=32, N=1k-32k; BENCHMARKS.md ablation)
 WGMMA_PREFERRED = {
     128: ((3, True, True), (4, True, True), (3, True, False), (4, True, False), (2, True, False)),
@@ -290,7 +300,8 @@ def choose(key: Key, *, env: str | None = None, sm_count: int | None = None, sdp
     """The fastest stored candidate for (env, key) that may run here, else the heuristic.
 
     ``sdpa_ok``: torch SDPA computes what was asked (see autotune); ``allow_sdpa`` False (SAGEGEN_FORCE_KERNEL=1
-    or attention(sdpa_fallback=False)) ignores SDPA timings. ``env`` None: no stored timings (heuristic only).
+    or attention(sdpa_fallback=False)) ignores SDPA timings and the SDPA_FASTER rule. ``env`` None: no stored
+    timings (heuristic only).
     """
     if env is not None:
         timed = stored(env, key, path)["us"]
@@ -309,7 +320,15 @@ def choose(key: Key, *, env: str | None = None, sm_count: int | None = None, sdp
             if best_name.startswith(SDPA_PREFIX):
                 return Choice("sdpa", backend=best_name[len(SDPA_PREFIX):], source="tuned")
             return Choice("kernel", spec=valid[best_name], source="tuned")
+    if sdpa_ok and allow_sdpa and key.precision == "fast" and sdpa_measured_faster(key):
+        return Choice("sdpa", backend="cudnn", source="heuristic")
     return Choice("kernel", spec=heuristic(key, sm_count=sm_count), source="heuristic")
+
+
+def sdpa_measured_faster(key: Key) -> bool:
+    """Whether SDPA_FASTER says cuDNN beat the kernels for this key's arch, head dim, causality and key length."""
+    limit = SDPA_FASTER.get(key.arch, {}).get((key.d, key.causal))
+    return limit is not None and key.nk <= limit
 
 
 def autotune_enabled() -> bool:

@@ -409,3 +409,29 @@ def test_sdpa_fallback_not_used_for_lse_or_other_out_dtype(tuner, fake_gpu):
 def test_choose_every_arch_without_a_table():
     for arch in ARCHES:
         assert registry.choose(key(arch=arch)).kind == "kernel"
+
+
+# --- the measured SDPA rule ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("d,causal,n,expect_sdpa", [
+    (128, False, 4096, True), (128, False, 4097, False), (128, True, 1024, True), (128, True, 16384, False),
+    (64, False, 8192, True), (64, False, 16384, False), (64, True, 2048, True)])
+def test_sdpa_rule_follows_the_measurements(d, causal, n, expect_sdpa):
+    key = registry.make_key(arch="sm90a", dtype="bf16", out="bf16", d=d, causal=causal, nq=n, nk=n,
+                            batch_heads=128, precision="fast")
+    choice = registry.choose(key, sdpa_ok=True)
+    assert (choice.kind == "sdpa") == expect_sdpa
+    if expect_sdpa:
+        assert choice.backend == "cudnn" and choice.source == "heuristic"
+    # never when SDPA cannot compute the call, is not allowed, or the user asked for the accurate family
+    assert registry.choose(key, sdpa_ok=False).kind == "kernel"
+    assert registry.choose(key, sdpa_ok=True, allow_sdpa=False).kind == "kernel"
+    accurate = registry.make_key(arch="sm90a", dtype="bf16", out="bf16", d=d, causal=causal, nq=n, nk=n,
+                                 batch_heads=128, precision="accurate")
+    assert registry.choose(accurate, sdpa_ok=True).kind == "kernel"
+
+
+def test_sdpa_rule_only_where_measured():
+    for arch in ("sm80", "sm89", "sm120a"):
+        key = registry.make_key(arch=arch, dtype="bf16", out="bf16", d=128, causal=False, nq=1024, nk=1024,
+                                batch_heads=128, precision="fast")
+        assert registry.choose(key, sdpa_ok=True).kind == "kernel"
