@@ -31,7 +31,8 @@ CASES = [
 
 
 def pick_wgmma_variants(arch: str, few: bool):
-    """The heuristic's "fast" choice per (d, causal), plus every (stages, overlap, ping-pong) at per-block scales."""
+    """The heuristic's "fast" choice per (d, causal), plus every (stages, overlap, ping-pong, row sum) at per-block
+    scales."""
     from sagegen.runtime import registry
     from sagegen.variants import select
 
@@ -42,13 +43,14 @@ def pick_wgmma_variants(arch: str, few: bool):
                                     batch_heads=8, precision="fast")
             spec = registry.heuristic(key)
             out[spec.name] = spec
-    if not few:  # each (stages, overlap, ping-pong) once, rotating d and causal over them
+    if not few:  # each (stages, overlap, ping-pong, row sum) once, rotating d and causal over them
         every = select([arch], "attn_wgmma_*_o_bf16_*_qg_block_*")
-        configs = sorted({(s.s, s.overlap, s.pingpong) for s in every})
+        configs = sorted({(s.s, s.overlap, s.pingpong, s.rowsum) for s in every})
         combos = ((64, False), (128, True), (64, True), (128, False))
         for i, cfg in enumerate(configs):
             d, causal = combos[i % len(combos)]
-            spec = next(s for s in every if (s.s, s.overlap, s.pingpong) == cfg and (s.d, s.causal) == (d, causal))
+            spec = next(s for s in every
+                        if (s.s, s.overlap, s.pingpong, s.rowsum) == cfg and (s.d, s.causal) == (d, causal))
             out.setdefault(spec.name, spec)
     return list(out.values())
 

@@ -56,7 +56,7 @@ def check(spec, B, Hq, Hkv, nq, nk, d, layout, dtype, offset, gen, kind):
                              dtype=torch.float32)
     eo, _ = sage2_attention(q, k, v, causal=spec.causal, causal_align="bottom_right", layout=layout,
                             granularity=GRAN[(spec.qg, spec.kg)], block_m=spec.m, warp_m=16, block_n=spec.n,
-                            pv="fp8", pv_accum="fp32")
+                            pv="fp8", pv_accum="fp32", row_sum="pv" if spec.rowsum == "mma" else "p")
     fin = torch.isfinite(rl)
     lse_err = (lse[fin] - rl[fin]).abs().max().item() if fin.any() else 0.0
     return {"rel_l1": rel_l1(o, ro), "cos": cosine(o, ro), "rel_l1_emul": rel_l1(o, eo),
@@ -162,7 +162,7 @@ def main():
                         ms = time_ms(run)
                         ms_q = time_ms(lambda: W.quantize_for(q, k, v, spec, "HND", False))
                         ms_e2e = time_ms(lambda: W.forward(q, k, v, spec, layout="HND", sm_scale=d ** -0.5))
-                        line.append(f"s{spec.s}{'ovl' if spec.overlap else 'seq'}{'pp' if spec.pingpong else ''} k={tops(B, H, n, d, causal, ms):.0f} "
+                        line.append(f"s{spec.s}{'ovl' if spec.overlap else 'seq'}{'pp' if spec.pingpong else ''}{'-rsmma' if spec.rowsum == 'mma' else ''} k={tops(B, H, n, d, causal, ms):.0f} "
                                     f"e2e={tops(B, H, n, d, causal, ms_e2e):.0f} quant={ms_q * 1e3:.0f}us")
                     for name, be in (("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION)):
                         try:

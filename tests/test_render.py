@@ -28,7 +28,7 @@ GOLDEN = {
     "attn_mma_sm120a_d64_m64_n64_thread_causal": (
         "sm120a", "attn_mma_sm120a_*_acc_f32_o_bf16_d64_m64_n64_w4_s2_*qg_thread_kg_thread_causal"),
     "attn_wgmma_sm90a_d128_s3_ovl_pp_thread_full": (
-        "sm90a", "attn_wgmma_sm90a_*_o_bf16_d128_m128_n128_s3_ovl_pp_qg_thread_kg_thread_full"),
+        "sm90a", "attn_wgmma_sm90a_*_o_bf16_d128_m128_n128_s3_ovl_pp_rs_fma_qg_thread_kg_thread_full"),
 }
 REGEN = "SAGEGEN_UPDATE_GOLDEN=1 python -m pytest tests/test_render.py"
 

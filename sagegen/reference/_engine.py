@@ -38,17 +38,21 @@ def online_attention(
     offset: int | None,
     sm_scale: float,
     device,
+    l_column_scale: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (out [*lead, rows, dv] fp32, lse [*lead, rows] fp32 natural log).
 
     score_fn(j0, j1) -> fp32 [*lead, rows, j1 - j0] raw scores (before sm_scale) of keys j0..j1-1.
     pv_fn(p, j0, j1, o) -> o plus the block's P.V, p the fp32 probabilities [*lead, rows, j1 - j0].
     rows = G * m_pad; row r is query r % m_pad. Keys are visited in blocks up to the last one any valid query sees.
+    l_column_scale: None sums l from the fp32 p. Otherwise the row sum comes out of the P.V product itself (a kernel
+    that appends a column of ones to V): pv_fn returns dv + 1 columns, the last one the running sum of the
+    quantized P, and l = that column * l_column_scale.
     """
     c = sm_scale * LOG2E
     m = torch.full((*lead, rows), float("-inf"), dtype=torch.float32, device=device)
     l = torch.zeros((*lead, rows), dtype=torch.float32, device=device)
-    o = torch.zeros((*lead, rows, dv), dtype=torch.float32, device=device)
+    o = torch.zeros((*lead, rows, dv + (l_column_scale is not None)), dtype=torch.float32, device=device)
     qpos = torch.arange(rows, device=device) % m_pad
     last_key = n_kv if offset is None else min(n_kv, n_q + offset)  # keys past it are masked for every query
     m_safe = torch.zeros_like(m)
@@ -60,9 +64,12 @@ def online_attention(
         m_safe = torch.where(m_new == float("-inf"), torch.zeros_like(m_new), m_new)
         p = torch.exp2(t - m_safe[..., None])
         alpha = torch.exp2(m - m_safe)
-        l = l * alpha + p.sum(dim=-1)
+        if l_column_scale is None:
+            l = l * alpha + p.sum(dim=-1)
         o = pv_fn(p, j0, j1, o * alpha[..., None])
         m = m_new
+    if l_column_scale is not None:
+        l, o = o[..., -1] * l_column_scale, o[..., :-1]
     has = l > 0
     out = torch.where(has[..., None], o / torch.where(has, l, torch.ones_like(l))[..., None], torch.zeros_like(o))
     lse = torch.where(has, (m_safe + torch.log2(torch.where(has, l, torch.ones_like(l)))) * LN2,

@@ -30,6 +30,9 @@ from .quant import pad_fp32, q_smoothing_bias, quantize_padded, quantize_v_fp8, 
 PV_MODES = ("fp32", "fp16", "fp8")
 PV_ACCUMS = ("fp32", "fp16")
 ROUNDINGS = ("truncate", "nearest")
+# Where the softmax denominator comes from: "p" sums the fp32 probabilities (before P is quantized); "pv" takes it
+# from the P.V MMA through a column of ones appended to V (it sums the quantized P, in the MMA's accumulator).
+ROW_SUMS = ("p", "pv")
 P_MAX = E4M3_MAX
 
 
@@ -54,12 +57,14 @@ def int_qk_attention(
     block_m: int, warp_m: int, block_n: int, smooth_k: bool, smooth_q: bool, pv: str, pv_accum: str,
     inner_keys: int | None = None, inner_bits: int | None = 13, inner_rounding: str = "truncate",
     v_max: float | None = None,
+    row_sum: str = "p",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     q, k, v = check_qkv(q, k, v, layout)
     check_choice(granularity, "granularity", GRANULARITIES)
     check_choice(pv, "pv", PV_MODES)
     check_choice(pv_accum, "pv_accum", PV_ACCUMS)
     check_choice(inner_rounding, "inner_rounding", ROUNDINGS)
+    check_choice(row_sum, "row_sum", ROW_SUMS)
     if pv == "fp32" and pv_accum != "fp32":
         raise ValueError(f"pv_accum must be 'fp32' when pv is 'fp32' (unquantized P.V), got {pv_accum!r}")
     for name, flag in (("smooth_k", smooth_k), ("smooth_q", smooth_q)):
@@ -131,11 +136,17 @@ def int_qk_attention(
         else:
             round_acc, flush = accumulator("fp16"), block_n
 
+    l_column_scale = None
+    if row_sum == "pv":  # a column of ones appended to V: the P.V MMA sums the quantized P (and its accumulator)
+        vals = torch.cat([vals, torch.ones_like(vals[..., :1])], dim=-1)
+        l_column_scale = 1.0 / P_MAX if pv == "fp8" else 1.0
+
     def pv_fn(p: torch.Tensor, j0: int, j1: int, o: torch.Tensor) -> torch.Tensor:
         return accumulate_pv(quant_p(p), vals[:, :, j0:j1], o, k_step=k_step, flush_keys=flush, round_acc=round_acc)
 
     out, lse = online_attention(score, pv_fn, rows=rows, m_pad=Mp, dv=Dv, lead=(B, Hkv), n_q=Nq, n_kv=Nk,
-                                block_n=block_n, offset=offset, sm_scale=scale, device=dev)
+                                block_n=block_n, offset=offset, sm_scale=scale, device=dev,
+                                l_column_scale=l_column_scale)
     if out_mul is not None:
         out = out * out_mul
     out = out.reshape(B, Hq, Mp, Dv)[:, :, :Nq, :dv]

@@ -64,6 +64,7 @@ def sage2_attention(
     inner_keys: int | None = None,
     inner_bits: int | None = 13,
     inner_rounding: str = "truncate",
+    row_sum: str = "p",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (out fp32 in q's layout, lse [B, Hq, Nq] fp32 natural log).
 
@@ -71,12 +72,13 @@ def sage2_attention(
     or "fp32" (unquantized, isolates the Q.K error). pv_accum for "fp8": "fp32" is the two-level accumulation
     (inner accumulator with ``inner_bits`` mantissa bits -- 13 = FP22, None = exact fp32 -- rounded by
     ``inner_rounding`` after each 32-key k-step and flushed into the fp32 output every ``inner_keys`` keys,
-    default block_n); "fp16" is SageAttention2++ (see sage2pp). For "fp16" P.V, pv_accum picks fp32 or an fp16
+    default block_n); "fp16" is SageAttention2++ (see sage2pp). row_sum: "p" (the softmax denominator sums the fp32
+    probabilities) or "pv" (it comes out of the P.V MMA through a column of ones in V: the sum of the quantized P). For "fp16" P.V, pv_accum picks fp32 or an fp16
     accumulator flushed per key block.
     """
     return int_qk_attention(
         q, k, v, causal=causal, causal_align=causal_align, sm_scale=sm_scale, layout=layout,
         qk_bits=qk_bits_of(qk_format), granularity=granularity, block_m=block_m, warp_m=warp_m, block_n=block_n,
         smooth_k=smooth_k, smooth_q=smooth_q, pv=pv, pv_accum=pv_accum, inner_keys=inner_keys,
-        inner_bits=inner_bits, inner_rounding=inner_rounding,
+        inner_bits=inner_bits, inner_rounding=inner_rounding, row_sum=row_sum,
     )

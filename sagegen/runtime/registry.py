@@ -11,9 +11,9 @@ Precision classes (``PRECISIONS``), each a set of families:
 
 Heuristic (``heuristic``), used whenever nothing was measured for the key:
   * candidates are the precision's variants for (arch, d, causal, out dtype);
-  * attn_wgmma (sm90a, "fast"): per-thread scales first (as below), then the (stages, overlap, ping-pong) order
-    measured on the H200/H100 (``WGMMA_PREFERRED``, BENCHMARKS.md): d=128 three stages with intra-warpgroup
-    overlap and ping-pong (+5% causal, equal non-causal), d=64 three stages with overlap, no ping-pong;
+  * attn_wgmma (sm90a, "fast"): per-thread scales first (as below), then the (stages, overlap, ping-pong, row sum)
+    order measured on the H100/H200 per (d, causal) (``WGMMA_PREFERRED``, BENCHMARKS.md): three stages with
+    intra-warpgroup overlap; the row sum on the MMA except for causal d=128, which prefers ping-pong;
   * scale granularity per-thread Q and K first (H100, N(0,1), d=128: rel-L1 0.010-0.011 against 0.011-0.012 for
     per-warp Q / per-block K and 0.012-0.013 for per-block, at the same speed), then warp/block, then block/block;
   * tiles in the order of the H100 measurements (d=128, bf16, N=8k-16k): (m=128, n=32, w=4, s=2) ~367 TOPS,
@@ -72,12 +72,17 @@ SDPA_FASTER = {
     "sm90a": {(128, False): 4096, (128, True): 4096, (64, False): 8192, (64, True): 8192},
 }
 
-# (s, overlap, pingpong) per head dim, best first (NVIDIA H200, B=4, H=32, N=1k-32k; BENCHMARKS.md ablation)
+# (s, overlap, pingpong, rowsum) per (head dim, causal), best first (NVIDIA H100 / H200, B=4, H=32, N=8k-32k;
+# BENCHMARKS.md ablation). The MMA row sum wins at d=64 (+4-10%), ties at d=128 non-causal; ping-pong helps causal
+# d=128 only.
+_FREE_MMA, _PP_FMA, _FREE_FMA, _PP_MMA = (3, True, False, "mma"), (3, True, True, "fma"), (3, True, False, "fma"), \
+    (3, True, True, "mma")
 WGMMA_PREFERRED = {
-    128: ((3, True, True), (4, True, True), (3, True, False), (4, True, False), (2, True, False)),
-    64: ((3, True, False), (3, True, True), (4, True, False), (4, True, True), (2, True, False)),
+    (128, False): (_FREE_MMA, _PP_FMA, _FREE_FMA, _PP_MMA, (4, True, True, "fma")),
+    (128, True): (_PP_FMA, _FREE_MMA, _PP_MMA, (4, True, True, "fma"), _FREE_FMA),
+    (64, False): (_FREE_MMA, _FREE_FMA, _PP_MMA, _PP_FMA),
+    (64, True): (_FREE_MMA, _FREE_FMA, _PP_MMA, _PP_FMA),
 }
-
 
 def bucket(n: int) -> int:
     """The power of two >= n (1 for n <= 1)."""
@@ -155,8 +160,8 @@ def candidate_specs(key: Key) -> list:
 def _rank(spec, tiles) -> tuple:
     g = GRANULARITY_ORDER.index((spec.qg, spec.kg)) if (spec.qg, spec.kg) in GRANULARITY_ORDER else 99
     if isinstance(spec, AttnWgmmaSpec):
-        order = WGMMA_PREFERRED.get(spec.d, ())
-        cfg = (spec.s, spec.overlap, spec.pingpong)
+        order = WGMMA_PREFERRED.get((spec.d, spec.causal), ())
+        cfg = (spec.s, spec.overlap, spec.pingpong, spec.rowsum)
         return (g, order.index(cfg) if cfg in order else len(order), spec.name)
     tile = (spec.m, spec.n, spec.w, spec.s)
     t = tiles.index(tile) if tile in tiles else len(tiles)

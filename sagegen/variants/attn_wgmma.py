@@ -18,6 +18,10 @@ WARPGROUP_ROWS = 64  # rows of one m64nNk32 wgmma: what one consumer warpgroup o
 # (m, n, s): CTA rows, keys per step, stages. n is the V image's key block (128); m = 128 is two consumers.
 TILES = ((128, 128, 2), (128, 128, 3), (128, 128, 4))
 GRANULARITY_PAIRS = (("block", "block"), ("warp", "block"), ("thread", "thread"))
+ROW_SUMS = ("fma", "mma")
+# (overlap, pingpong, rowsum) schedules enumerated: the MMA row sum only where softmax overlaps the MMAs (where
+# trading FADDs for tensor work can pay).
+SCHEDULES = ((True, True, "fma"), (True, False, "fma"), (False, False, "fma"), (True, True, "mma"), (True, False, "mma"))
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,7 @@ class AttnWgmmaSpec(KernelSpec):
     s: int = prefix("s")  # shared-memory stages of K and V^T
     overlap: bool = flag("ovl", "seq")  # softmax of block j+1 under P.V of block j (ovl), or one block at a time
     pingpong: bool = flag("pp", "free")  # consumer warpgroups take turns issuing MMAs (pp), or issue freely
+    rowsum: str = word("rs")  # softmax denominator: FADDs over the fp32 p (fma), or the P.V MMA with ones (mma)
     qg: str = word("qg")  # Q scale granularity
     kg: str = word("kg")  # K scale granularity
     causal: bool = flag("causal", "full")
@@ -47,14 +52,19 @@ class AttnWgmmaSpec(KernelSpec):
     def threads(self) -> int:
         return 128 * (self.consumers + 1)
 
+    @property
+    def ones_rows(self) -> int:
+        return 8 if self.rowsum == "mma" else 0
+
     def smem_bytes(self) -> int:
-        tiles = self.m * self.d + self.s * (self.n * self.d + self.d * self.n)  # Q, then K and V^T per stage
+        # Q, then per stage K, V^T and (rowsum=mma) 8 rows of ones under V^T
+        tiles = self.m * self.d + self.s * (self.n * self.d + (self.d + self.ones_rows) * self.n)
         return 1024 + tiles + 8 * (2 * self.s + 1)  # alignment slack, mbarriers
 
     def reg_estimate(self) -> int:
         """Consumer registers: O, the block's P.V tile, S, packed P, plus ~24 for addresses and temporaries (the
         overlap keeps all four live at once; one block at a time never holds S and the P.V tile together)."""
-        o, ob, s, p = self.d // 2, self.d // 2, self.n // 2, self.n // 8
+        o, ob, s, p = self.d // 2, (self.d + self.ones_rows) // 2, self.n // 2, self.n // 8
         return (o + ob + s + p if self.overlap else o + max(s, ob + p)) + 24
 
     def check(self):
@@ -70,6 +80,8 @@ class AttnWgmmaSpec(KernelSpec):
             raise InvalidVariant(f"m must be 128 (two consumer warpgroups; three leave too few registers), got {self.m}")
         if self.n != N_ALIGN:
             raise InvalidVariant(f"n must be {N_ALIGN} (the V image's key block), got {self.n}")
+        if self.rowsum not in ROW_SUMS:
+            raise InvalidVariant(f"rowsum must be one of {ROW_SUMS}, got {self.rowsum!r}")
         if self.pingpong and not (self.overlap and self.consumers == 2):
             raise InvalidVariant("pingpong alternates two overlapping consumer warpgroups: needs overlap and m=128")
         if self.s not in (2, 3, 4):
@@ -107,12 +119,12 @@ def enumerate_variants(arch: str) -> list[AttnWgmmaSpec]:
     out = []
     for d in (64, 128):
         for m, n, s in TILES:
-            for overlap, pingpong in ((True, True), (True, False), (False, False)):
+            for overlap, pingpong, rowsum in SCHEDULES:
                 for qg, kg in GRANULARITY_PAIRS:
                     for o in OUT_TYPES:
                         for causal in (False, True):
                             spec = build_valid(AttnWgmmaSpec, arch=arch, qk="i8", pv="e4m3", o=o, d=d, m=m, n=n,
-                                               s=s, overlap=overlap, pingpong=pingpong, qg=qg, kg=kg, causal=causal)
+                                               s=s, overlap=overlap, pingpong=pingpong, rowsum=rowsum, qg=qg, kg=kg, causal=causal)
                             if spec is not None:
                                 out.append(spec)
     return out

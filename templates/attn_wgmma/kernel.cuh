@@ -22,17 +22,22 @@
 
 namespace sagegen::attn_wg {
 
-template <int D, int BlockN, int Consumers, int Stages, bool Overlap, bool PingPong, bool Causal, class OutT,
-          int QTile, int QSub, int KTile, int KSub, class Mma = wg::MmaSm90>
+template <int D, int BlockN, int Consumers, int Stages, bool Overlap, bool PingPong, bool MmaRowSum, bool Causal,
+          class OutT, int QTile, int QSub, int KTile, int KSub, class Mma = wg::MmaSm90>
 struct Config {
   static constexpr int kD = D, kBlockN = BlockN, kConsumers = Consumers, kStages = Stages;
   static constexpr bool kOverlap = Overlap;  // softmax of block j + 1 under P.V of block j
   static constexpr bool kPingPong = PingPong;  // consumer warpgroups take turns issuing their MMAs
+  // The softmax denominator from the P.V MMA: 8 rows of ones (e4m3 1.0) follow V^T in every stage, so the MMA's
+  // N grows by 8 and its last 8 columns hold each row's sum of P; no FADDs, no quad reduction.
+  static constexpr bool kMmaRowSum = MmaRowSum;
+  static constexpr int kOnesRows = MmaRowSum ? 8 : 0, kPvN = D + kOnesRows;
   static constexpr int kBlockM = 64 * Consumers, kThreads = 128 * (Consumers + 1);
   static constexpr bool kCausal = Causal;
   static constexpr int kQTile = QTile, kQSub = QSub, kKTile = KTile, kKSub = KSub;
   static constexpr int kTileQ = kBlockM * D, kTileK = BlockN * D, kTileV = D * BlockN;  // bytes (8-bit operands)
-  static constexpr int kSmemBytes = 1024 /* alignment slack */ + kTileQ + Stages * (kTileK + kTileV) +
+  static constexpr int kStageV = kTileV + kOnesRows * BlockN;  // V^T (+ the ones rows) per stage
+  static constexpr int kSmemBytes = 1024 /* alignment slack */ + kTileQ + Stages * (kTileK + kStageV) +
                                     8 * (2 * Stages + 1) /* mbarriers */;
   // Registers per thread after setmaxnreg: the producer keeps the minimum, the consumers take the rest of the
   // 64K register file (multiples of 8).
@@ -75,7 +80,7 @@ __device__ __forceinline__ Smem carve_smem(uint8_t* raw) {
   s.q = base;
   s.k = s.q + C::kTileQ;
   s.v = s.k + C::kStages * C::kTileK;
-  s.full = reinterpret_cast<uint64_t*>(s.v + C::kStages * C::kTileV);
+  s.full = reinterpret_cast<uint64_t*>(s.v + C::kStages * C::kStageV);
   s.empty = s.full + C::kStages;
   s.q_full = s.empty + C::kStages;
   return s;
@@ -94,7 +99,7 @@ __device__ __forceinline__ void produce(const Params& p, const Smem& sm, long lo
     if (j >= C::kStages) sm90::mbar_wait(&sm.empty[s], (j / C::kStages - 1) & 1);
     sm90::mbar_arrive_expect_tx(&sm.full[s], C::kTileK + C::kTileV);
     sm90::bulk_load(sm.k + s * C::kTileK, gK + (long long)j * C::kTileK, C::kTileK, &sm.full[s]);
-    sm90::bulk_load(sm.v + s * C::kTileV, gV + (long long)j * C::kTileV, C::kTileV, &sm.full[s]);
+    sm90::bulk_load(sm.v + s * C::kStageV, gV + (long long)j * C::kTileV, C::kTileV, &sm.full[s]);
   }
 }
 
@@ -113,7 +118,7 @@ template <class C>
 __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw, long long bh, long long bhk, int b,
                                         int h, int m0, int nb) {
   using Mma = typename C::MmaOps;
-  constexpr int kNChunks = C::kBlockN / 8, kDChunks = C::kD / 8, kPSteps = C::kBlockN / 32;
+  constexpr int kNChunks = C::kBlockN / 8, kDChunks = C::kD / 8, kPSteps = C::kBlockN / 32, kPvChunks = C::kPvN / 8;
   const int tid = threadIdx.x % 128, warp = tid / 32, lane = tid % 32, g = lane / 4, tq = lane % 4;
   const int wg_m0 = m0 + cw * 64, row0 = wg_m0 + warp * 16 + g;
   const int q_groups = p.nq_pad / C::kQTile * C::kQSub, k_groups = p.nk_pad / C::kKTile * C::kKSub;
@@ -127,7 +132,7 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
   float sc[kNChunks][4];           // scores of one block: biased int32 from the MMA, then probabilities
   auto& s_acc = reinterpret_cast<uint32_t(&)[kNChunks * 4]>(sc);
   uint32_t pa[kPSteps][4];         // P (e4m3) as the A operand of the P.V k-steps
-  float ob[kDChunks * 4];          // one block's P.V (the inner level of the two-level accumulation)
+  float ob[kPvChunks * 4];         // one block's P.V (the inner level of the two-level accumulation) [+ row sums]
   float alpha[2], alpha_next[2];
 
   auto stage_of = [](int j) { return j % C::kStages; };
@@ -153,7 +158,7 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
     const float k_scale = p.k_scale[bhk * k_groups + attn::scale_group(col0, C::kKTile, C::kKSub)];
     // A NaN scale (NaN inputs) must survive the floor: the comparison is false for NaN.
     const float qk = q_scale * k_scale;
-    softmax_block<kNChunks>(sc, qk < attn::kMinScale ? attn::kMinScale : qk, st, a, kLog2PGain);
+    softmax_block<kNChunks, !C::kMmaRowSum>(sc, qk < attn::kMinScale ? attn::kMinScale : qk, st, a, kLog2PGain);
   };
   auto pack_p = [&]() {
     // A fragment of m64nNk32: register r of k-step kk holds row half r & 1, chunks 4kk + 2(r >> 1) + {0, 1}.
@@ -166,12 +171,12 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
       }
   };
   auto issue_pv = [&](int j) {
-    const uint32_t v_addr = sm90::smem_u32(sm.v + stage_of(j) * C::kTileV);
+    const uint32_t v_addr = sm90::smem_u32(sm.v + stage_of(j) * C::kStageV);
     wg::fence_operands(ob);
     Mma::begin();
 #pragma unroll
     for (int kk = 0; kk < kPSteps; ++kk)
-      Mma::template pv<C::kD>(pa[kk], wg::kmajor_desc<128>(v_addr + kk * 32), ob, kk > 0);
+      Mma::template pv<C::kPvN>(pa[kk], wg::kmajor_desc<128>(v_addr + kk * 32), ob, kk > 0);
     Mma::commit();
   };
   auto finish_pv = [&](int j, const float (&a)[2]) {  // after block j's P.V retired: free its stage, O += it
@@ -180,6 +185,10 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
     if (lane == 0) sm90::mbar_arrive(&sm.empty[stage_of(j)]);  // this warp is done with the stage
 #pragma unroll
     for (int i = 0; i < kDChunks * 4; ++i) o[i] = fmaf(o[i], a[(i >> 1) & 1], ob[i]);
+    if constexpr (C::kMmaRowSum) {  // column D (chunk kDChunks, element 0 of each row half) = the row's sum of P
+      st.sum[0] = fmaf(st.sum[0], a[0], ob[4 * kDChunks]);
+      st.sum[1] = fmaf(st.sum[1], a[1], ob[4 * kDChunks + 2]);
+    }
   };
 
   // Ping-pong: the two consumer warpgroups take turns issuing their MMA batches (named barrier 1 + cw: "my
@@ -248,7 +257,7 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int row = row0 + 8 * r;
-    const float l = attn::quad_sum(st.sum[r]);
+    const float l = C::kMmaRowSum ? st.sum[r] : attn::quad_sum(st.sum[r]);  // the MMA already summed the quad
     const float inv = l > 0.f ? 1.f / l : 0.f;  // a row that sees no key gets 0 (and lse = -inf)
     if (row >= p.nq) continue;
     typename C::Out* orow = static_cast<typename C::Out*>(p.o) + b * p.o_sb + h * p.o_sh + row * p.o_sn;
@@ -285,6 +294,13 @@ __device__ __forceinline__ void attn_fwd(const Params& p) {
     }
     sm90::mbar_init(sm.q_full, 1);
     sm90::mbar_init_fence();
+  }
+  if constexpr (C::kMmaRowSum) {  // the ones rows after every stage's V^T (bulk copies never write them)
+    for (int i = threadIdx.x; i < C::kStages * C::kOnesRows * C::kBlockN / 4; i += C::kThreads) {
+      const int stage = i / (C::kOnesRows * C::kBlockN / 4), word = i % (C::kOnesRows * C::kBlockN / 4);
+      reinterpret_cast<uint32_t*>(sm.v + stage * C::kStageV + C::kTileV)[word] = 0x38383838u;  // e4m3 1.0 x 4
+    }
+    sm90::fence_async_shared();  // generic-proxy writes, read by wgmma through the async proxy
   }
   __syncthreads();  // the last CTA-wide barrier: the producer warpgroup leaves early
 

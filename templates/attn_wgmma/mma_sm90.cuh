@@ -5,6 +5,9 @@
 #include <cuda/std/utility>
 #include <cute/arch/mma_sm90_desc.hpp>
 #include <cute/arch/mma_sm90_gmma.hpp>
+#ifdef SAGEGEN_WGMMA_EXTENDED_N  // N = 72 / 136 live in CuTe's 30k-line extension header: only variants that need it
+#include <cute/arch/mma_sm90_gmma_ext.hpp>
+#endif
 
 namespace sagegen::wg {
 
@@ -33,6 +36,11 @@ template <> struct QkI8<128> { using Op = G::MMA_64x128x32_S32S8S8_SS_TN; };
 template <int N> struct PvE4m3;  // O (f32) = P (e4m3, registers) . V^T (e4m3, smem): m64 nN k32
 template <> struct PvE4m3<64> { using Op = G::MMA_64x64x32_F32E4M3E4M3_RS_TN<>; };
 template <> struct PvE4m3<128> { using Op = G::MMA_64x128x32_F32E4M3E4M3_RS_TN<>; };
+#ifdef SAGEGEN_WGMMA_EXTENDED_N
+// Head dim + 8: V^T with 8 rows of ones appended, so the MMA also sums P (the softmax denominator).
+template <> struct PvE4m3<72> { using Op = G::MMA_64x72x32_F32E4M3E4M3_RS_TN<>; };
+template <> struct PvE4m3<136> { using Op = G::MMA_64x136x32_F32E4M3E4M3_RS_TN<>; };
+#endif
 
 template <class Op, class Acc, size_t... I>
 __device__ __forceinline__ void fma_ss(uint64_t a, uint64_t b, Acc* d, G::ScaleOut acc, cuda::std::index_sequence<I...>) {

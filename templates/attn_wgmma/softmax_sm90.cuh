@@ -21,7 +21,9 @@ constexpr float kScoreBias = 12582912.f;
 // One key block: s holds biased scores (masked ones -inf); scale > 0 maps a raw score into log2 units (q_scale *
 // k_scale * sm_scale * log2 e, one value per thread). On return s holds 2^log2_gain * p, alpha each row's
 // rescale factor for O (the max moves on every increase: 448 p must stay within e4m3's range).
-template <int kChunks>
+// kRowSum false: the caller gets the row sums elsewhere (the P.V MMA against a column of ones) and st.sum is
+// left alone.
+template <int kChunks, bool kRowSum = true>
 __device__ __forceinline__ void softmax_block(float (&s)[kChunks][4], float scale, attn::RowState& st,
                                               float (&alpha)[2], float log2_gain) {
   float block_max[2];
@@ -49,13 +51,15 @@ __device__ __forceinline__ void softmax_block(float (&s)[kChunks][4], float scal
     for (int c = 0; c < kChunks; ++c) {
       s[c][2 * r] = attn::exp2_approx(fmaf(s[c][2 * r], scale, neg_ref));
       s[c][2 * r + 1] = attn::exp2_approx(fmaf(s[c][2 * r + 1], scale, neg_ref));
-      sum[c] = s[c][2 * r] + s[c][2 * r + 1];
+      if constexpr (kRowSum) sum[c] = s[c][2 * r] + s[c][2 * r + 1];
     }
+    if constexpr (kRowSum) {
 #pragma unroll
-    for (int w = 1; w < kChunks; w *= 2)
+      for (int w = 1; w < kChunks; w *= 2)
 #pragma unroll
-      for (int c = 0; c + w < kChunks; c += 2 * w) sum[c] += sum[c + w];
-    st.sum[r] = fmaf(st.sum[r], alpha[r], sum[0]);
+        for (int c = 0; c + w < kChunks; c += 2 * w) sum[c] += sum[c + w];
+      st.sum[r] = fmaf(st.sum[r], alpha[r], sum[0]);
+    }
   }
 }
 

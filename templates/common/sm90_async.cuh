@@ -55,6 +55,10 @@ __device__ __forceinline__ void bulk_load(void* dst, const void* src, uint32_t b
       : "memory");
 }
 
+// Orders this thread's generic-proxy shared-memory writes before later async-proxy reads (wgmma operands, bulk
+// copies) of the same bytes.
+__device__ __forceinline__ void fence_async_shared() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+
 // Named barriers (ids 1..15; 0 is __syncthreads): sync waits until `threads` threads arrived (itself included),
 // arrive counts this thread without waiting.
 __device__ __forceinline__ void named_sync(int id, int threads) {

@@ -53,7 +53,8 @@ def emulate(spec, q, k, v, *, causal_align="bottom_right", layout="HND", sm_scal
         assert q_groups(gran, spec.m, WGMMA_WARP_ROWS) == spec.q_groups and k_groups(gran, spec.n) == spec.k_groups
         return sage2_attention(q, k, v, causal=spec.causal, causal_align=causal_align, sm_scale=sm_scale,
                                layout=layout, qk_format="int8", granularity=gran, block_m=spec.m,
-                               warp_m=WGMMA_WARP_ROWS, block_n=spec.n, smooth_k=True, pv="fp8", pv_accum="fp32")
+                               warp_m=WGMMA_WARP_ROWS, block_n=spec.n, smooth_k=True, pv="fp8", pv_accum="fp32",
+                               row_sum="pv" if spec.rowsum == "mma" else "p")
     assert k_groups(spec.qg, spec.n) == spec.k_groups, f"no emulation granularity for {spec.qg}/{spec.kg}"
     return sage2_attention(q, k, v, causal=spec.causal, causal_align=causal_align, sm_scale=sm_scale, layout=layout,
                            qk_format="int8", granularity=spec.qg, block_m=spec.m, warp_m=spec.warp_m, block_n=spec.n,

@@ -53,6 +53,8 @@ def run_and_check(request, report, q, k, v, *, causal, align="bottom_right", lay
     # by up to 0.375 integer units (templates/attn_wgmma/softmax_sm90.cuh); with Student-t inputs one unit is
     # ~0.1 in log2, so the LSE may sit a few hundredths from the emulation (the scheme itself is ~2 from exact).
     lse_emul_bound = 0.05 if huge_scales and choice.spec.family == "attn_wgmma" else 0.01
+    if getattr(choice.spec, "rowsum", None) == "mma":  # see test_gpu_wgmma.LSE_EMUL_BOUND_MMA_ROWSUM
+        lse_emul_bound = max(lse_emul_bound, 0.07)
     assert e["lse_exact"] < lse_bound and e["lse_emul"] < lse_emul_bound, e
     return o, lse, e
 

@@ -52,6 +52,10 @@ CASES = {
 # Enough heads in the small cases that rel-L1 averages over a few thousand outputs: the emulation's own error
 # against exact attention is then at most 0.041 over every variant's seed (0.047 with 2 heads of one query).
 EXACT_BOUND, EMUL_BOUND, TIGHTER, LSE_BOUND, LSE_EMUL_BOUND = 0.05, 0.005, 5.0, 0.05, 0.01
+# rowsum=mma: the denominator sums the e4m3 P, so an e4m3 rounding that flips between kernel and emulation (their p
+# differ by ~1e-5) moves l by up to 2^-4 of one element: for a causal row that sees 2 keys, up to log(1 + 1/16)
+# = 0.06 in LSE. (The fp32 row sum is insensitive to it.) The output is normalized by the same sum: unaffected.
+LSE_EMUL_BOUND_MMA_ROWSUM = 0.07
 
 
 def case_inputs(kind, *, B, Hq, Hkv, nq, nk, d, layout, dtype, seed):
@@ -98,7 +102,8 @@ def test_wgmma_variant(gpu_kernels, report, name, case):
     assert e["emul"] <= EMUL_BOUND, e
     if case == "normal":
         assert TIGHTER * e["emul"] <= e["exact"], e
-    assert e["lse_exact"] <= LSE_BOUND and e["lse_emul"] <= LSE_EMUL_BOUND, e
+    lse_emul_bound = LSE_EMUL_BOUND_MMA_ROWSUM if spec.rowsum == "mma" else LSE_EMUL_BOUND
+    assert e["lse_exact"] <= LSE_BOUND and e["lse_emul"] <= lse_emul_bound, e
     if case == "normal":  # the same kernel through sagegen.attention and the two ops: the same bits
         o2, lse2 = sagegen.attention(q, k, v, is_causal=spec.causal, return_lse=True, out_dtype=OUT_DTYPES[spec.o],
                                      variant=spec)

@@ -72,12 +72,12 @@ def test_heuristic_is_valid_everywhere(arch, d, causal, out, precision):
 
 
 def _check_wgmma_schedule_rule(spec, k):
-    """Among the per-thread-scale candidates, the first (stages, overlap, ping-pong) of WGMMA_PREFERRED[d] that
-    exists is the one picked."""
+    """Among the per-thread-scale candidates, the first (stages, overlap, ping-pong, row sum) of
+    WGMMA_PREFERRED[(d, causal)] that exists is the one picked."""
     cands = [s for s in registry.candidate_specs(k) if (s.qg, s.kg) == ("thread", "thread")]
-    order = registry.WGMMA_PREFERRED[spec.d]
-    first = next(c for c in order if any((s.s, s.overlap, s.pingpong) == c for s in cands))
-    assert (spec.s, spec.overlap, spec.pingpong) == first
+    order = registry.WGMMA_PREFERRED[(spec.d, spec.causal)]
+    first = next(c for c in order if any((s.s, s.overlap, s.pingpong, s.rowsum) == c for s in cands))
+    assert (spec.s, spec.overlap, spec.pingpong, spec.rowsum) == first
 
 
 def test_only_sm90a_has_the_fp8_family():
