@@ -117,6 +117,25 @@ def test_fp8_pv_follows_its_definition_on_one_key_block():
     assert rel_l1(out, ref) < 1e-5 and rel_l1(out, unquantized_p) > 0.01
 
 
+def test_fp8_pv_row_sum_from_the_mma_divides_by_the_quantized_p():
+    """row_sum="pv" (a kernel that appends ones to V): l = sum_j e4m3(448 p_j) / 448 instead of sum_j p_j."""
+    q, k, v = qkv(226, b=1, hq=2, nq=64, nk=64, d=64)
+    opts = dict(gran="thread", block_m=64, warp_m=16, block_n=64, smooth_q=False)
+    s, _ = _scores_with_dequantized_operands(q, k, bits=8, **opts)
+    p = torch.exp(s / 8 - (s / 8).amax(-1, keepdim=True))
+    vq = Q.quantize_v_fp8(v)
+    pq = round_e4m3((448 * p).float()).double()
+    ref = pq @ vq.values()[:, :, :64].double() / pq.sum(-1, keepdim=True) * vq.scale[:, :, None].double()
+    kw = dict(granularity="thread", block_m=64, warp_m=16, block_n=64, inner_bits=None)
+    out, lse = sage2_attention(q, k, v, row_sum="pv", **kw)
+    out_p, lse_p = sage2_attention(q, k, v, **kw)
+    assert rel_l1(out, ref) < 1e-5 and not torch.equal(out, out_p)
+    # the two LSEs differ by the log of the quantized sum over the exact one (K smoothing's correction cancels)
+    assert (lse.double() - lse_p.double() - torch.log(pq.sum(-1) / 448 / p.sum(-1))).abs().max() < 1e-4
+    with pytest.raises(ValueError, match="row_sum"):
+        sage2_attention(q, k, v, row_sum="fma", **kw)
+
+
 def test_fp16_accumulator_bound_is_tight():
     assert [fp16_accum_v_max(b) for b in (32, 64, 128)] == [4.5, 2.25, 1.125]
     p = torch.full((1, 64), 448.0)  # every p = 1: the largest sum the accumulator can see
