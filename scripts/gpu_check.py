@@ -59,6 +59,21 @@ def time_ms(fn, iters=20):
     return do_bench(fn, warmup=50, rep=200, return_mode="median")
 
 
+def build_for_device(pattern: str):
+    """Compile the variants matching ``pattern`` plus the quantization family for GPU 0's arch; print a summary
+    and the first failures. Returns (specs, build result)."""
+    arch = device_arch(0).name
+    print("device", torch.cuda.get_device_name(0), arch, flush=True)
+    specs = select([arch], pattern) + select([arch], "quant_*")
+    t = time.time()
+    res = build(specs, out_dir=default_out_dir(), jobs=16, progress=False)
+    print(f"build: {len(res.built)} built {len(res.cached)} cached {len(res.failed)} failed {time.time() - t:.1f}s",
+          flush=True)
+    for n, e in list(res.failed.items())[:3]:
+        print(n, e[:3000])
+    return specs, res
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--filter", default="attn_mma_*")
@@ -68,14 +83,7 @@ def main():
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    arch = device_arch(0).name
-    print("device", torch.cuda.get_device_name(0), arch, flush=True)
-    specs = select([arch], args.filter) + select([arch], "quant_*")
-    t = time.time()
-    res = build(specs, out_dir=default_out_dir(), jobs=16, progress=False)
-    print(f"build: {len(res.built)} built {len(res.cached)} cached {len(res.failed)} failed {time.time()-t:.1f}s", flush=True)
-    for n, e in list(res.failed.items())[:3]:
-        print(n, e[:2000])
+    specs, res = build_for_device(args.filter)
     gen = torch.Generator(device="cuda").manual_seed(0)
     rows = []
     attn_specs = [s for s in specs if s.family == "attn_mma" and s.name not in res.failed]

@@ -13,19 +13,15 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from sagegen.build import build  # noqa: E402
+from gpu_check import build_for_device  # noqa: E402  (scripts/ is on sys.path when run as a script)
 from sagegen.jit import cubin_for  # noqa: E402
-from sagegen.render import default_out_dir  # noqa: E402
 from sagegen.runtime import attn_wgmma as W  # noqa: E402
-from sagegen.runtime.device import device_arch  # noqa: E402
-from sagegen.variants import select  # noqa: E402
 
 GRAN = {("block", "block"): "block", ("warp", "block"): "warp", ("thread", "thread"): "thread"}
 
@@ -99,15 +95,7 @@ def main():
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    arch = device_arch(0).name
-    print("device", torch.cuda.get_device_name(0), arch, flush=True)
-    specs = select([arch], args.filter) + select([arch], "quant_*")
-    t = time.time()
-    res = build(specs, out_dir=default_out_dir(), jobs=16, progress=False)
-    print(f"build: {len(res.built)} built {len(res.cached)} cached {len(res.failed)} failed {time.time()-t:.1f}s",
-          flush=True)
-    for n, e in list(res.failed.items())[:3]:
-        print(n, e[:3000])
+    specs, res = build_for_device(args.filter)
     attn = [s for s in specs if s.family == "attn_wgmma" and s.name not in res.failed]
     for s in attn[:1] + [s for s in attn if s.d == 64][:1]:
         print("sass", s.name, sass_report(s, out), flush=True)
@@ -162,7 +150,9 @@ def main():
                         ms = time_ms(run)
                         ms_q = time_ms(lambda: W.quantize_for(q, k, v, spec, "HND", False))
                         ms_e2e = time_ms(lambda: W.forward(q, k, v, spec, layout="HND", sm_scale=d ** -0.5))
-                        line.append(f"s{spec.s}{'ovl' if spec.overlap else 'seq'}{'pp' if spec.pingpong else ''}{'-rsmma' if spec.rowsum == 'mma' else ''} k={tops(B, H, n, d, causal, ms):.0f} "
+                        label = (f"s{spec.s}{'ovl' if spec.overlap else 'seq'}{'pp' if spec.pingpong else ''}"
+                                 f"{'-rsmma' if spec.rowsum == 'mma' else ''}")
+                        line.append(f"{label} k={tops(B, H, n, d, causal, ms):.0f} "
                                     f"e2e={tops(B, H, n, d, causal, ms_e2e):.0f} quant={ms_q * 1e3:.0f}us")
                     for name, be in (("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION)):
                         try:

@@ -29,6 +29,7 @@ import warnings
 import torch
 
 from ..quant_layout import padded_dim
+from ..variants import family_of
 from . import ops, registry
 from .attn_wgmma import V_MODE as WGMMA_V_MODE
 from .quant import v_mode_for
@@ -432,15 +433,16 @@ def _traced(q, k, v, is_causal, sm_scale, tensor_layout, return_lse, causal_alig
         return _sdpa_forward(q, k, v, "auto", shape.layout, shape.causal, scale)
     _, variant_name, groups = decision.split(":")
     q_tile, q_sub, k_tile, k_sub = (int(x) for x in groups.split(","))
-    family = "attn_wgmma" if variant_name.startswith("attn_wgmma_") else "attn_mma"
     return _kernel_forward(q, k, v, scale, shape.layout, q_tile, q_sub, k_tile, k_sub,
-                           _v_mode(shape.dtype, shape.d, family), variant_name, shape.nq, shape.nk, shape.d, shape.offset, shape.return_lse)
+                           _v_mode(shape.dtype, shape.d, family_of(variant_name)), variant_name, shape.nq, shape.nk,
+                           shape.d, shape.offset, shape.return_lse)
 
 
 # --- public -----------------------------------------------------------------------------------------------------
 def attention(q, k, v, *, is_causal: bool = False, sm_scale: float | None = None, tensor_layout: str = "HND",
               return_lse: bool = False, causal_alignment: str = "bottom_right",
-              precision: str = registry.DEFAULT_PRECISION, out_dtype: torch.dtype | None = None, variant=None, sdpa_fallback: bool | None = None):
+              precision: str = registry.DEFAULT_PRECISION, out_dtype: torch.dtype | None = None, variant=None,
+              sdpa_fallback: bool | None = None):
     """SageAttention of q, k, v on a CUDA GPU: INT8 Q.K^T with FP8 P.V ("fast", sm90a) or FP16 P.V ("accurate").
 
     q: [B, Hq, Nq, d], k and v: [B, Hkv, Nk, d] (``tensor_layout="NHD"``: [B, N, H, d]); fp16 or bf16, all one
@@ -456,8 +458,9 @@ def attention(q, k, v, *, is_causal: bool = False, sm_scale: float | None = None
     N(0,1), on GPUs that have such a family: Hopper sm90a; elsewhere it runs the accurate kernel) or "accurate"
     (INT8 Q.K^T + FP16 P.V, rel-L1 ~0.01).
     out_dtype: torch.float16 or torch.bfloat16, default q's dtype. return_lse: also return the log-sum-exp
-    [B, Hq, Nq] fp32 (natural log). variant: run this attn_mma / attn_wgmma variant (name or spec) instead of the registry's
-    choice. sdpa_fallback: None follows SAGEGEN_FORCE_KERNEL; False never calls torch SDPA (see module docstring).
+    [B, Hq, Nq] fp32 (natural log). variant: run this attn_mma / attn_wgmma variant (name or spec) instead of the
+    registry's choice. sdpa_fallback: None follows SAGEGEN_FORCE_KERNEL; False never calls torch SDPA (see module
+    docstring).
 
     NaN / Inf inputs propagate, as in torch SDPA, never into silently finite garbage: one in K makes its whole
     (batch, kv head) NaN (through K's smoothing mean and the block scales); one in V reaches every query row that

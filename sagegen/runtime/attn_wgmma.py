@@ -6,11 +6,10 @@ import torch
 from ..quant_layout import padded_len
 from ..variants.attn_wgmma import AttnWgmmaSpec
 from . import launch as L
+from .attn_mma import LOG2E, OUT_DTYPES
 from .device import stream_handle
 from .quant import Quantized, bhnd_strides, quantize
 
-LOG2E = 1.4426950408889634
-OUT_DTYPES = {"f16": torch.float16, "bf16": torch.bfloat16}
 V_MODE = "e4m3w"  # V transposed, e4m3, blocked by 128 keys, keys permuted to the P fragment, swizzled
 
 

@@ -29,8 +29,8 @@ from .quant import Quantized, _vector_ready, bhnd_strides
 _lib = torch.library.Library("sagegen", "DEF")
 _lib.define(
     "quantize(Tensor q, Tensor k, Tensor v, str layout, int q_tile, int q_sub, int k_tile, int k_sub, str v_mode, "
-    "bool with_qk_bias, bool qk_image) -> (Tensor q8, Tensor q_scale, Tensor k8, Tensor k_scale, Tensor v_out, Tensor v_scale, "
-    "Tensor qk_bias)")
+    "bool with_qk_bias, bool qk_image) -> (Tensor q8, Tensor q_scale, Tensor k8, Tensor k_scale, Tensor v_out, "
+    "Tensor v_scale, Tensor qk_bias)")
 _lib.define(
     "attn_mma(Tensor q8, Tensor q_scale, Tensor k8, Tensor k_scale, Tensor v, Tensor qk_bias, str variant, "
     "str layout, str v_source, SymInt nq, SymInt nk, SymInt d, float sm_scale, SymInt causal_offset, "

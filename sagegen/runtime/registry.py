@@ -75,8 +75,10 @@ SDPA_FASTER = {
 # (s, overlap, pingpong, rowsum) per (head dim, causal), best first (NVIDIA H100 / H200, B=4, H=32, N=8k-32k;
 # BENCHMARKS.md ablation). The MMA row sum wins at d=64 (+4-10%), ties at d=128 non-causal; ping-pong helps causal
 # d=128 only.
-_FREE_MMA, _PP_FMA, _FREE_FMA, _PP_MMA = (3, True, False, "mma"), (3, True, True, "fma"), (3, True, False, "fma"), \
-    (3, True, True, "mma")
+_FREE_MMA = (3, True, False, "mma")
+_FREE_FMA = (3, True, False, "fma")
+_PP_MMA = (3, True, True, "mma")
+_PP_FMA = (3, True, True, "fma")
 WGMMA_PREFERRED = {
     (128, False): (_FREE_MMA, _PP_FMA, _FREE_FMA, _PP_MMA, (4, True, True, "fma")),
     (128, True): (_PP_FMA, _FREE_MMA, _PP_MMA, (4, True, True, "fma"), _FREE_FMA),

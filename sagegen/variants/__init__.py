@@ -51,9 +51,15 @@ def select(arches=None, include=None, exclude=None) -> list[KernelSpec]:
     return out
 
 
-def spec_from_name(name: str) -> KernelSpec:
-    """Parse any variant name back into its spec (the longest matching family prefix wins)."""
+def family_of(name: str) -> str:
+    """The family a variant name belongs to (the longest matching family prefix wins). Plain string work, so
+    torch.compile can trace it."""
     for family in sorted(FAMILIES, key=len, reverse=True):
         if name.startswith(family + "_"):
-            return FAMILIES[family][0].from_name(name)
+            return family
     raise ValueError(f"{name!r} names no known kernel family ({', '.join(sorted(FAMILIES))})")
+
+
+def spec_from_name(name: str) -> KernelSpec:
+    """Parse any variant name back into its spec."""
+    return FAMILIES[family_of(name)][0].from_name(name)

@@ -21,7 +21,8 @@ GRANULARITY_PAIRS = (("block", "block"), ("warp", "block"), ("thread", "thread")
 ROW_SUMS = ("fma", "mma")
 # (overlap, pingpong, rowsum) schedules enumerated: the MMA row sum only where softmax overlaps the MMAs (where
 # trading FADDs for tensor work can pay).
-SCHEDULES = ((True, True, "fma"), (True, False, "fma"), (False, False, "fma"), (True, True, "mma"), (True, False, "mma"))
+SCHEDULES = ((True, True, "fma"), (True, False, "fma"), (False, False, "fma"),
+             (True, True, "mma"), (True, False, "mma"))
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,8 @@ class AttnWgmmaSpec(KernelSpec):
         if self.d not in (64, 128):
             raise InvalidVariant(f"d must be 64 or 128, got {self.d}")
         if self.m != 2 * WARPGROUP_ROWS:
-            raise InvalidVariant(f"m must be 128 (two consumer warpgroups; three leave too few registers), got {self.m}")
+            raise InvalidVariant(f"m must be 128 (two consumer warpgroups; three leave too few registers), "
+                                 f"got {self.m}")
         if self.n != N_ALIGN:
             raise InvalidVariant(f"n must be {N_ALIGN} (the V image's key block), got {self.n}")
         if self.rowsum not in ROW_SUMS:
@@ -93,7 +95,8 @@ class AttnWgmmaSpec(KernelSpec):
                                  f"{self.target.smem_per_block}")
         consumer_regs = min(240, (65536 // 128 - 24) // self.consumers // 8 * 8)
         if self.reg_estimate() > consumer_regs:
-            raise InvalidVariant(f"needs ~{self.reg_estimate()} registers per consumer thread ({consumer_regs} available)")
+            raise InvalidVariant(f"needs ~{self.reg_estimate()} registers per consumer thread "
+                                 f"({consumer_regs} available)")
 
     @property
     def q_groups(self):
@@ -124,7 +127,8 @@ def enumerate_variants(arch: str) -> list[AttnWgmmaSpec]:
                     for o in OUT_TYPES:
                         for causal in (False, True):
                             spec = build_valid(AttnWgmmaSpec, arch=arch, qk="i8", pv="e4m3", o=o, d=d, m=m, n=n,
-                                               s=s, overlap=overlap, pingpong=pingpong, rowsum=rowsum, qg=qg, kg=kg, causal=causal)
+                                               s=s, overlap=overlap, pingpong=pingpong, rowsum=rowsum, qg=qg, kg=kg,
+                                               causal=causal)
                             if spec is not None:
                                 out.append(spec)
     return out

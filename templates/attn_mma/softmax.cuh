@@ -36,9 +36,15 @@ struct RowState {
 // Lazy rescaling: a row's reference max moves only when the block max exceeds it by more than kSlack (log2
 // units). Probabilities can then reach 2^kSlack, which the fp32 accumulators and fp16 P absorb, and most blocks
 // after the first few skip rescaling O. Returns whether any row of the warp moved (then O *= alpha).
-template <int kMTiles, int kNTiles, int kSlack>
+//
+// For the wgmma family (templates/attn_wgmma/kernel.cuh): score_bias is a constant every raw score carries (its
+// int32 scores arrive as floats offset by 1.5 * 2^23, no I2F); every probability and row sum comes out multiplied
+// by 2^log2_gain (FP8 P maps p onto e4m3's range for free); kRowSum = false leaves st.sum alone for a caller that
+// sums P elsewhere (on the P.V MMA).
+template <int kMTiles, int kNTiles, int kSlack, bool kRowSum = true>
 __device__ __forceinline__ bool online_softmax(float (&s)[kMTiles][kNTiles][4], const float (&scale)[kMTiles][2],
-                                               RowState (&st)[kMTiles], float (&alpha)[kMTiles][2]) {
+                                               RowState (&st)[kMTiles], float (&alpha)[kMTiles][2],
+                                               float score_bias = 0.f, float log2_gain = 0.f) {
   float block_max[kMTiles][2];
 #pragma unroll
   for (int mt = 0; mt < kMTiles; ++mt)
@@ -52,7 +58,7 @@ __device__ __forceinline__ bool online_softmax(float (&s)[kMTiles][kNTiles][4], 
 #pragma unroll
         for (int j = 0; j + w < kNTiles; j += 2 * w) m[j] = fmaxf(m[j], m[j + w]);
       // Scale before the quad reduction: with per-thread K scales the 4 lanes of a row scale differently.
-      block_max[mt][r] = m[0] * scale[mt][r];  // -inf stays -inf (scale > 0)
+      block_max[mt][r] = (m[0] - score_bias) * scale[mt][r];  // exact subtraction; -inf stays -inf (scale > 0)
     }
 #pragma unroll
   for (int mt = 0; mt < kMTiles; ++mt)
@@ -74,19 +80,22 @@ __device__ __forceinline__ bool online_softmax(float (&s)[kMTiles][kNTiles][4], 
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       // Rows with no visible key yet keep max = -inf; exponentiate against 0 so they yield 0, not NaN.
-      const float neg_ref = st[mt].max[r] == kNegInf ? 0.f : -st[mt].max[r];
+      const float neg_ref =
+          (st[mt].max[r] == kNegInf ? 0.f : -st[mt].max[r]) + log2_gain - score_bias * scale[mt][r];
       float sum[kNTiles];
 #pragma unroll
       for (int j = 0; j < kNTiles; ++j) {
         s[mt][j][2 * r] = exp2_approx(fmaf(s[mt][j][2 * r], scale[mt][r], neg_ref));
         s[mt][j][2 * r + 1] = exp2_approx(fmaf(s[mt][j][2 * r + 1], scale[mt][r], neg_ref));
-        sum[j] = s[mt][j][2 * r] + s[mt][j][2 * r + 1];
+        if constexpr (kRowSum) sum[j] = s[mt][j][2 * r] + s[mt][j][2 * r + 1];
       }
+      if constexpr (kRowSum) {
 #pragma unroll
-      for (int w = 1; w < kNTiles; w *= 2)
+        for (int w = 1; w < kNTiles; w *= 2)
 #pragma unroll
-        for (int j = 0; j + w < kNTiles; j += 2 * w) sum[j] += sum[j + w];
-      st[mt].sum[r] = fmaf(st[mt].sum[r], alpha[mt][r], sum[0]);
+          for (int j = 0; j + w < kNTiles; j += 2 * w) sum[j] += sum[j + w];
+        st[mt].sum[r] = fmaf(st[mt].sum[r], alpha[mt][r], sum[0]);
+      }
     }
   return __any_sync(0xffffffffu, moved);
 }

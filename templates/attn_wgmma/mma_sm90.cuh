@@ -43,7 +43,8 @@ template <> struct PvE4m3<136> { using Op = G::MMA_64x136x32_F32E4M3E4M3_RS_TN<>
 #endif
 
 template <class Op, class Acc, size_t... I>
-__device__ __forceinline__ void fma_ss(uint64_t a, uint64_t b, Acc* d, G::ScaleOut acc, cuda::std::index_sequence<I...>) {
+__device__ __forceinline__ void fma_ss(uint64_t a, uint64_t b, Acc* d, G::ScaleOut acc,
+                                       cuda::std::index_sequence<I...>) {
   Op::fma(a, b, d[I]..., acc);
 }
 template <class Op, class Acc, size_t... I>
@@ -66,7 +67,8 @@ struct MmaSm90 {
   }
   // One k32 step of O = P.V for a 64 x N tile (N = head dim); P's fragment is 4 registers of 4 e4m3 each.
   template <int N>
-  __device__ static __forceinline__ void pv(const uint32_t (&p)[4], uint64_t vt_desc, float (&o)[N / 2], bool accumulate) {
+  __device__ static __forceinline__ void pv(const uint32_t (&p)[4], uint64_t vt_desc, float (&o)[N / 2],
+                                            bool accumulate) {
     fma_rs<typename PvE4m3<N>::Op>(p, vt_desc, o, accumulate ? G::ScaleOut::One : G::ScaleOut::Zero,
                                    cuda::std::make_index_sequence<N / 2>{});
   }

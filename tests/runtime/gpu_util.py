@@ -30,6 +30,18 @@ def variants_glob() -> str:
     return os.environ.get("SAGEGEN_TEST_VARIANTS", "attn_mma_*, attn_wgmma_*")
 
 
+def device_variants(family: str) -> list[str]:
+    """Names of ``family``'s variants for the visible GPU's arch that match variants_glob(); [] without a GPU (the
+    parametrized GPU tests then collect nothing)."""
+    if not torch.cuda.is_available():
+        return []
+    from sagegen.runtime.device import device_arch
+    from sagegen.variants import select
+
+    arch = device_arch(torch.cuda.current_device()).name
+    return [s.name for s in select([arch], variants_glob()) if s.family == family]
+
+
 def seed_of(text: str) -> int:
     """A per-test seed: fresh inputs for every test, the same ones on every run."""
     return zlib.crc32(text.encode()) & 0x7FFFFFFF

@@ -17,14 +17,7 @@ from sagegen.runtime import api, registry
 from sagegen.variants.attn_mma import AttnMmaSpec
 from sagegen.variants.attn_wgmma import AttnWgmmaSpec, enumerate_variants
 
-BF16, F16 = torch.bfloat16, torch.float16
-LOG2E = 1.4426950408889634
-
-
-def inputs(B=2, Hq=4, Hkv=2, nq=100, nk=130, d=128, dtype=BF16, layout="HND"):
-    g = torch.Generator().manual_seed(0)
-    shape = (lambda h, n: (B, h, n, d)) if layout == "HND" else (lambda h, n: (B, n, h, d))
-    return tuple(torch.randn(*shape(h, n), generator=g).to(dtype) for h, n in ((Hq, nq), (Hkv, nk), (Hkv, nk)))
+from .test_api_plans import BF16, F16, LOG2E, inputs  # the fake-GPU eager path's inputs and constants
 
 
 def wgmma_spec(o="bf16", d=128, causal=False, qg="thread", **fields) -> AttnWgmmaSpec:

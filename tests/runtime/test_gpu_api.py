@@ -50,7 +50,7 @@ def run_and_check(request, report, q, k, v, *, causal, align="bottom_right", lay
     assert e["exact"] < bound_for(choice.spec, bound), e
     assert e["emul"] <= 0.5 * e["exact"] + e["round"], e  # see gpu_util.errors
     # huge_scales: the wgmma family folds its int->float bias into the exponent FFMA, which moves a thread's scores
-    # by up to 0.375 integer units (templates/attn_wgmma/softmax_sm90.cuh); with Student-t inputs one unit is
+    # by up to 0.375 integer units (kScoreBias in templates/attn_wgmma/kernel.cuh); with Student-t inputs one unit is
     # ~0.1 in log2, so the LSE may sit a few hundredths from the emulation (the scheme itself is ~2 from exact).
     lse_emul_bound = 0.05 if huge_scales and choice.spec.family == "attn_wgmma" else 0.01
     if getattr(choice.spec, "rowsum", None) == "mma":  # see test_gpu_wgmma.LSE_EMUL_BOUND_MMA_ROWSUM

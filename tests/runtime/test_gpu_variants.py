@@ -20,19 +20,9 @@ import torch
 import sagegen
 from sagegen.variants import spec_from_name
 
-from .gpu_util import OUT_DTYPES, emulate, errors, exact, inputs, seed_of, variants_glob
+from .gpu_util import OUT_DTYPES, device_variants, emulate, errors, exact, inputs, seed_of
 
 pytestmark = pytest.mark.gpu
-
-
-def _variants() -> list[str]:
-    if not torch.cuda.is_available():
-        return []
-    from sagegen.runtime.device import device_arch
-    from sagegen.variants import select
-
-    arch = device_arch(torch.cuda.current_device()).name
-    return [s.name for s in select([arch], variants_glob()) if s.family == "attn_mma"]
 
 
 # (dist, B, Hq, Hkv, nq, nk, d - spec.d, layout, input dtype, causal alignment, bound vs exact)
@@ -44,7 +34,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-@pytest.mark.parametrize("name", _variants())
+@pytest.mark.parametrize("name", device_variants("attn_mma"))
 def test_variant(gpu_kernels, report, name, case):
     if name in gpu_kernels.failed:
         pytest.fail(f"{name} failed to compile:\n{gpu_kernels.failed[name][:4000]}")

@@ -6,10 +6,11 @@ sagegen.attention's default precision on sm90a.
 Each variant runs through attn_wgmma.forward into an output poisoned with NaN (every element must be written),
 causal variants bottom-right aligned, on five cases: N(0,1) 1000x1000 (B=2, H=4); GQA 257 queries x 4097 keys,
 NHD; a padded head dim (d - 8) with channel outliers in K and V (17 x 17); an all-zero 128-row block of Q and K
-with 4097 queries x 300 keys (causal: most rows see no key: output 0, LSE -inf); a single query (x 300 keys). Bounds (scripts/wgmma_check.py
-measured the family on an H200: rel-L1 0.020-0.041 against exact attention, <= 0.0016 against the emulation):
-rel-L1 <= 0.05 against exact attention, <= 0.005 against the emulation and, on N(0,1), at least 5x tighter than
-against exact attention; LSE within 0.05 of exact attention's and 0.01 of the emulation's; all finite.
+with 4097 queries x 300 keys (causal: most rows see no key: output 0, LSE -inf); a single query (x 300 keys).
+Bounds (scripts/wgmma_check.py measured the family on an H200: rel-L1 0.020-0.041 against exact attention,
+<= 0.0016 against the emulation): rel-L1 <= 0.05 against exact attention, <= 0.005 against the emulation and, on
+N(0,1), at least 5x tighter than against exact attention; LSE within 0.05 of exact attention's and 0.01 of the
+emulation's (0.07 with the row sum on the MMA, see LSE_EMUL_BOUND_MMA_ROWSUM); all finite.
 """
 from __future__ import annotations
 
@@ -24,21 +25,11 @@ from sagegen.runtime import api
 from sagegen.runtime import attn_wgmma as W
 from sagegen.variants import spec_from_name
 
-from .gpu_util import OUT_DTYPES, emulate, errors, exact, inputs, seed_of, variants_glob
+from .gpu_util import OUT_DTYPES, device_variants, emulate, errors, exact, inputs, seed_of
 
 pytestmark = pytest.mark.gpu
 
 BF16, F16 = torch.bfloat16, torch.float16
-
-
-def _variants() -> list[str]:
-    if not torch.cuda.is_available():
-        return []
-    from sagegen.runtime.device import device_arch
-    from sagegen.variants import select
-
-    arch = device_arch(torch.cuda.current_device()).name
-    return [s.name for s in select([arch], variants_glob()) if s.family == "attn_wgmma"]
 
 
 # (B, Hq, Hkv, nq, nk, d - spec.d, layout, kind)
@@ -73,7 +64,7 @@ def case_inputs(kind, *, B, Hq, Hkv, nq, nk, d, layout, dtype, seed):
 
 
 @pytest.mark.parametrize("case", list(CASES))
-@pytest.mark.parametrize("name", _variants())
+@pytest.mark.parametrize("name", device_variants("attn_wgmma"))
 def test_wgmma_variant(gpu_kernels, report, name, case):
     if name in gpu_kernels.failed:
         pytest.fail(f"{name} failed to compile:\n{gpu_kernels.failed[name][:4000]}")
