@@ -23,7 +23,12 @@ attention kernel can copy whole tiles with 1-D bulk copies (cp.async.bulk). Scal
                                               accumulator where the P.V wgmma expects them, without shuffles), then
                                               16-byte chunk s of the row is stored at s ^ (c % 8) (128-byte swizzle).
                                               Values and per-channel scales are those of V e4m3.
-qk_to_image / v_to_image below build these from the plain buffers; *_from_image invert them.
+  V fp16 image    [B, H, N_pad/128, D/64,     v mode f16w: the values of V fp16, cut into 128-key blocks and 64-channel
+                   128, 64]                   slabs; in a slab, key row r's 16-byte chunk c (channels 8c..8c+7) is
+                                              stored at chunk c ^ (r % 8) (128-byte swizzle). The FP16 P.V wgmma reads
+                                              a block as its MN-major (channel-contiguous) B operand: no transpose, and
+                                              the fp16 P fragment comes straight from the Q.K^T accumulator.
+qk_to_image / v_to_image / v_f16_to_image below build these from the plain buffers; *_from_image invert them.
 """
 from __future__ import annotations
 
@@ -183,3 +188,39 @@ def v_from_image(img):
     b = _bytes(img)
     plain = torch.gather(b, -1, _v_dest(D, img.device).expand(b.shape))  # [..., J, D, 128]
     return plain.transpose(-3, -2).flatten(-2).view(img.dtype)
+
+
+V_SLAB = 64  # channels per slab of the V fp16 image: one 128-byte swizzle row of fp16
+
+
+def v_f16_to_image(v16):
+    """Plain V fp16 buffer [..., N_pad, D] -> image [..., N_pad/128, D/64, 128, 64]."""
+    import torch
+
+    n_pad, D = v16.shape[-2:]
+    if n_pad % V_IMAGE_KEYS or D % V_SLAB:
+        raise ValueError(f"the V fp16 image needs N_pad a multiple of {V_IMAGE_KEYS} and D of {V_SLAB}, got "
+                         f"{n_pad} x {D}")
+    x = v16.unflatten(-2, (n_pad // V_IMAGE_KEYS, V_IMAGE_KEYS)).unflatten(-1, (D // V_SLAB, V_SLAB))
+    x = x.transpose(-3, -2)  # [..., J, S, 128, 64]
+    return torch.gather(x, -1, _v_f16_src(x.device).expand(x.shape)).contiguous()
+
+
+def v_f16_from_image(img):
+    """V fp16 image [..., N_pad/128, D/64, 128, 64] -> the plain buffer [..., N_pad, D]."""
+    J, S, keys, ch = img.shape[-4:]
+    if (keys, ch) != (V_IMAGE_KEYS, V_SLAB):
+        raise ValueError(f"the V fp16 image's last dims must be ({V_IMAGE_KEYS}, {V_SLAB}), got ({keys}, {ch})")
+    import torch
+
+    plain = torch.gather(img, -1, _v_f16_src(img.device).expand(img.shape))  # the swizzle is its own inverse
+    return plain.transpose(-3, -2).flatten(-2).flatten(-3, -2)
+
+
+def _v_f16_src(device):
+    """[128, 64]: the element of a plain slab row stored at each image position (8-element chunks XOR row % 8)."""
+    import torch
+
+    r = torch.arange(V_IMAGE_KEYS, device=device)[:, None]
+    col = torch.arange(V_SLAB, device=device)
+    return ((col >> 3) ^ (r % 8)) << 3 | (col & 7)

@@ -151,6 +151,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help=f"N {QUICK_NS}, d 128")
     ap.add_argument("--variants", help="also time the attention variants matching this glob (per shape's d/causal)")
     ap.add_argument("--no-baselines", action="store_true", help="skip torch SDPA and sageattention")
+    ap.add_argument("--precision", choices=("fast", "accurate"), default="fast",
+                    help="sagegen.attention's precision to time (default fast)")
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "bench.json"), help="JSON path")
     ap.add_argument("--png", help="chart path (default: the JSON path with .png)")
     args = ap.parse_args(argv)
@@ -192,7 +194,7 @@ def main(argv=None) -> int:
         for causal in causals:
             for n in ns:
                 key = registry.make_key(arch=arch, dtype="bf16", out="bf16", d=d, causal=causal, nq=n, nk=n,
-                                        batch_heads=B * H)
+                                        batch_heads=B * H, precision=args.precision)
                 spec = registry.heuristic(key, sm_count=api.sm_count(dev))
                 specs[spec.name] = spec
     built = build(list(specs.values()) + select([arch], "quant_*_x_bf16_*"), out_dir=default_out_dir(),
@@ -243,7 +245,8 @@ def main(argv=None) -> int:
                             add("sage1-triton", ms, rel_l1=rel_l1(out, ref) if ref is not None else None)
                         except Exception as e:
                             add("sage1-triton", None, error=f"{type(e).__name__}: {e}"[:300])
-                chosen = api.describe(q, k, v, is_causal=causal, sdpa_fallback=False).spec
+                prec = {"precision": args.precision}
+                chosen = api.describe(q, k, v, is_causal=causal, sdpa_fallback=False, **prec).spec
                 if causal == causals[0]:
                     quant_spec = chosen
                 variants = [chosen] + [s for s in extra if s.d == d and s.causal == causal and s.o == "bf16"
@@ -260,7 +263,7 @@ def main(argv=None) -> int:
                             p = A.Prepared(q, k, v, spec, "HND", False)
                             ms_k = bench_ms(lambda: A.run_kernel(p, sm_scale=scale))
                             p = None
-                        kw = {"variant": spec} if tag else {}
+                        kw = {"variant": spec} if tag else prec
                         out = api.attention(q, k, v, is_causal=causal, sdpa_fallback=False, **kw)
                         ms_e = bench_ms(lambda: api.attention(q, k, v, is_causal=causal, sdpa_fallback=False, **kw))
                         err = rel_l1(out, ref) if ref is not None else None
@@ -275,20 +278,20 @@ def main(argv=None) -> int:
             # the quantization pass alone (it does not depend on causal), with the chosen variant's groups
             qg, kg = quant_spec.q_groups, quant_spec.k_groups
             wgmma = quant_spec.family == "attn_wgmma"  # V to FP8 in its operand image, Q/K in theirs
-            v_mode = W.V_MODE if wgmma else v_mode_for(v.dtype == torch.float16, d)
+            v_mode = quant_spec.v_mode if wgmma else v_mode_for(v.dtype == torch.float16, d)
             ms = bench_ms(lambda: ops.quantize_op(q, k, v, "HND", qg.tile, qg.sub, kg.tile, kg.sub, v_mode, False,
                                                   wgmma))
             rows_per_split = max(N_ALIGN, -(-n // _STATS_SPLITS))
             nbytes = quant_bytes(B, H, H, n, n, d, in_bytes=2, v_copy=v_mode != "none", q_scales=qg.count(n),
-                                 k_scales=kg.count(n), stats_splits=-(-n // rows_per_split), v_fp8=wgmma)
+                                 k_scales=kg.count(n), stats_splits=-(-n // rows_per_split), v_fp8=v_mode == "e4m3w")
             gbps = nbytes / (ms * 1e-3) / 1e9
             quant_rows.append({"d": d, "n": n, "us": ms * 1e3, "bytes": nbytes, "gbps": gbps,
                                "pct_of_copy": 100 * gbps / copy_gbps, "v_mode": v_mode})
             q = k = v = ref = None  # free them before the next N
             torch.cuda.empty_cache()
 
-    result = {"device": card, "arch": arch, "date": date, "torch": torch.__version__, "B": B, "H": H,
-              "dtype": "bf16", "copy_gbps": copy_gbps, "rows": rows, "quant": quant_rows,
+    result = {"device": card, "arch": arch, "date": date, "torch": torch.__version__, "precision": args.precision,
+              "B": B, "H": H, "dtype": "bf16", "copy_gbps": copy_gbps, "rows": rows, "quant": quant_rows,
               "seconds": time.time() - t_start}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -31,26 +31,27 @@ CASES = [
 
 
 def pick_wgmma_variants(arch: str, few: bool):
-    """The heuristic's "fast" choice per (d, causal), plus every (stages, overlap, ping-pong, row sum) at per-block
-    scales."""
+    """The heuristic's choice per (precision, d, causal), plus every (P.V format, stages, overlap, ping-pong, row
+    sum) at per-block scales."""
     from sagegen.runtime import registry
     from sagegen.variants import select
 
     out = {}
-    for d in (64, 128):
-        for causal in (False, True):
-            key = registry.make_key(arch=arch, dtype="bf16", out="bf16", d=d, causal=causal, nq=128, nk=128,
-                                    batch_heads=8, precision="fast")
-            spec = registry.heuristic(key)
-            out[spec.name] = spec
-    if not few:  # each (stages, overlap, ping-pong, row sum) once, rotating d and causal over them
+    for precision in registry.PRECISIONS:
+        for d in (64, 128):
+            for causal in (False, True):
+                key = registry.make_key(arch=arch, dtype="bf16", out="bf16", d=d, causal=causal, nq=128, nk=128,
+                                        batch_heads=8, precision=precision)
+                spec = registry.heuristic(key, family="attn_wgmma")
+                out[spec.name] = spec
+    if not few:  # each (P.V format, stages, overlap, ping-pong, row sum) once, rotating d and causal over them
         every = select([arch], "attn_wgmma_*_o_bf16_*_qg_block_*")
-        configs = sorted({(s.s, s.overlap, s.pingpong, s.rowsum) for s in every})
+        configs = sorted({(s.pv, s.s, s.overlap, s.pingpong, s.rowsum) for s in every})
         combos = ((64, False), (128, True), (64, True), (128, False))
         for i, cfg in enumerate(configs):
             d, causal = combos[i % len(combos)]
             spec = next(s for s in every
-                        if (s.s, s.overlap, s.pingpong, s.rowsum) == cfg and (s.d, s.causal) == (d, causal))
+                        if (s.pv, s.s, s.overlap, s.pingpong, s.rowsum) == cfg and (s.d, s.causal) == (d, causal))
             out.setdefault(spec.name, spec)
     return list(out.values())
 
@@ -64,8 +65,8 @@ def pick_variants(arch: str, few: bool):
     for d in (64, 128):
         for causal in (False, True):
             key = registry.make_key(arch=arch, dtype="bf16", out="bf16", d=d, causal=causal, nq=128, nk=128,
-                                    batch_heads=8, precision="accurate")  # the attn_mma family on every arch
-            spec = registry.heuristic(key)
+                                    batch_heads=8, precision="accurate")
+            spec = registry.heuristic(key, family="attn_mma")
             out[spec.name] = spec
     if few:
         return list(out.values())

@@ -52,7 +52,8 @@ def check(spec, B, Hq, Hkv, nq, nk, d, layout, dtype, offset, gen, kind):
                              dtype=torch.float32)
     eo, _ = sage2_attention(q, k, v, causal=spec.causal, causal_align="bottom_right", layout=layout,
                             granularity=GRAN[(spec.qg, spec.kg)], block_m=spec.m, warp_m=16, block_n=spec.n,
-                            pv="fp8", pv_accum="fp32", row_sum="pv" if spec.rowsum == "mma" else "p")
+                            pv="fp8" if spec.pv == "e4m3" else "fp16", pv_accum="fp32",
+                            row_sum="pv" if spec.rowsum == "mma" else "p")
     fin = torch.isfinite(rl)
     lse_err = (lse[fin] - rl[fin]).abs().max().item() if fin.any() else 0.0
     return {"rel_l1": rel_l1(o, ro), "cos": cosine(o, ro), "rel_l1_emul": rel_l1(o, eo),
@@ -97,7 +98,7 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     specs, res = build_for_device(args.filter)
     attn = [s for s in specs if s.family == "attn_wgmma" and s.name not in res.failed]
-    for s in attn[:1] + [s for s in attn if s.d == 64][:1]:
+    for s in attn[:1] + [s for s in attn if s.d == 64][:1] + [s for s in attn if s.pv == "f16"][:1]:
         print("sass", s.name, sass_report(s, out), flush=True)
 
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -150,7 +151,7 @@ def main():
                         ms = time_ms(run)
                         ms_q = time_ms(lambda: W.quantize_for(q, k, v, spec, "HND", False))
                         ms_e2e = time_ms(lambda: W.forward(q, k, v, spec, layout="HND", sm_scale=d ** -0.5))
-                        label = (f"s{spec.s}{'ovl' if spec.overlap else 'seq'}{'pp' if spec.pingpong else ''}"
+                        label = (f"{spec.pv}-s{spec.s}{'ovl' if spec.overlap else 'seq'}{'pp' if spec.pingpong else ''}"
                                  f"{'-rsmma' if spec.rowsum == 'mma' else ''}")
                         line.append(f"{label} k={tops(B, H, n, d, causal, ms):.0f} "
                                     f"e2e={tops(B, H, n, d, causal, ms_e2e):.0f} quant={ms_q * 1e3:.0f}us")

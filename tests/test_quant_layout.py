@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from sagegen.quant_layout import (HEAD_DIMS, N_ALIGN, ScaleGroups, k_groups, padded_dim, padded_len, q_groups,
-                                  qk_from_image, qk_image_chunk, qk_to_image, v_from_image, v_key_position,
-                                  v_to_image)
+                                  qk_from_image, qk_image_chunk, qk_to_image, v_f16_from_image,
+                                  v_f16_to_image, v_from_image, v_key_position, v_to_image)
 
 
 @pytest.mark.parametrize("n, padded", [(1, N_ALIGN), (N_ALIGN, N_ALIGN), (N_ALIGN + 1, 2 * N_ALIGN), (0, 0)])
@@ -111,3 +111,31 @@ def test_v_image_needs_whole_key_blocks():
         v_to_image(torch.zeros(64, 100, dtype=torch.uint8))
     with pytest.raises(ValueError, match="128"):
         v_from_image(torch.zeros(1, 64, 64, dtype=torch.uint8))
+
+
+def test_v_f16_image_places_key_r_channel_c_in_its_slab_by_chunk_swizzle():
+    n_pad, D = 256, 128
+    v = torch.arange(n_pad * D, dtype=torch.int32).view(n_pad, D)  # element = key * D + c: traceable
+    img = v_f16_to_image(v)
+    assert img.shape == (2, 2, 128, 64)  # [key block, 64-channel slab, key, channel in slab]
+    for r, c in [(0, 0), (1, 8), (9, 70), (130, 127), (255, 64), (7, 63)]:
+        j, key, slab, ch = r // 128, r % 128, c // 64, c % 64
+        assert img[j, slab, key, ((ch // 8) ^ (key % 8)) * 8 + ch % 8] == r * D + c
+    assert torch.equal(img[0, 0, 0], v[0, :64])  # key row 0 is never swizzled
+
+
+@pytest.mark.parametrize("D", [64, 128, 256])
+def test_v_f16_image_round_trips(D):
+    v = torch.randn(2, 3, 384, D, generator=torch.Generator().manual_seed(D)).half()
+    img = v_f16_to_image(v)
+    assert img.shape == (2, 3, 3, D // 64, 128, 64) and img.dtype == torch.float16
+    assert torch.equal(v_f16_from_image(img), v)
+
+
+def test_v_f16_image_needs_whole_key_blocks_and_slabs():
+    with pytest.raises(ValueError, match="128"):
+        v_f16_to_image(torch.zeros(100, 64, dtype=torch.float16))
+    with pytest.raises(ValueError, match="64"):
+        v_f16_to_image(torch.zeros(128, 72, dtype=torch.float16))
+    with pytest.raises(ValueError, match="last dims"):
+        v_f16_from_image(torch.zeros(1, 1, 64, 64, dtype=torch.float16))

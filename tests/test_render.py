@@ -29,6 +29,8 @@ GOLDEN = {
         "sm120a", "attn_mma_sm120a_*_acc_f32_o_bf16_d64_m64_n64_w4_s2_*qg_thread_kg_thread_causal"),
     "attn_wgmma_sm90a_d128_s3_ovl_pp_thread_full": (
         "sm90a", "attn_wgmma_sm90a_*_o_bf16_d128_m128_n128_s3_ovl_pp_rs_fma_qg_thread_kg_thread_full"),
+    "attn_wgmma_sm90a_pv_f16_d64_s2_seq_block_causal": (
+        "sm90a", "attn_wgmma_sm90a_qk_i8_pv_f16_o_f16_d64_m128_n128_s2_seq_free_rs_fma_qg_block_kg_block_causal"),
 }
 REGEN = "SAGEGEN_UPDATE_GOLDEN=1 python -m pytest tests/test_render.py"
 

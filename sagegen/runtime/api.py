@@ -29,9 +29,8 @@ import warnings
 import torch
 
 from ..quant_layout import padded_dim
-from ..variants import family_of
 from . import ops, registry
-from .attn_wgmma import V_MODE as WGMMA_V_MODE
+from .attn_wgmma import V_MODES as WGMMA_V_MODES
 from .quant import v_mode_for
 from .registry import Choice
 
@@ -202,7 +201,7 @@ def _sdpa_forward(q, k, v, backend, layout, causal, scale):
 def _kernel_forward(q, k, v, scale, layout, q_tile, q_sub, k_tile, k_sub, v_mode, variant, nq, nk, d, offset,
                     return_lse):
     """Two ops: quantize, then the variant's attention op (its family follows from v_mode)."""
-    wgmma = v_mode == WGMMA_V_MODE
+    wgmma = v_mode in WGMMA_V_MODES
     z = ops.quantize_op(q, k, v, layout, q_tile, q_sub, k_tile, k_sub, v_mode, return_lse, wgmma)
     if wgmma:
         o, lse = ops.attn_wgmma_op(z[0], z[1], z[2], z[3], z[4], z[5], z[6], variant, layout, nq, nk, d, scale,
@@ -216,14 +215,14 @@ def _kernel_forward(q, k, v, scale, layout, q_tile, q_sub, k_tile, k_sub, v_mode
     return (o, lse) if return_lse else o
 
 
-def _v_mode(dtype_tag: str, d: int, family: str) -> str:
-    """What the quantization pass does with V for this family (the attn_wgmma family always reads FP8 V)."""
-    return WGMMA_V_MODE if family == "attn_wgmma" else v_mode_for(dtype_tag == "f16", d)
+def _v_mode(dtype_tag: str, d: int, spec) -> str:
+    """What the quantization pass does with V for this variant (attn_wgmma: its P.V format's operand image)."""
+    return spec.v_mode if spec.family == "attn_wgmma" else v_mode_for(dtype_tag == "f16", d)
 
 
 def _kernel_args(shape: Shape, spec) -> tuple:
     qg, kg = spec.q_groups, spec.k_groups
-    return (shape.layout, qg.tile, qg.sub, kg.tile, kg.sub, _v_mode(shape.dtype, shape.d, spec.family), spec.name,
+    return (shape.layout, qg.tile, qg.sub, kg.tile, kg.sub, _v_mode(shape.dtype, shape.d, spec), spec.name,
             shape.nq, shape.nk, shape.d, shape.offset, shape.return_lse)
 
 
@@ -383,7 +382,7 @@ def _bucket_traced(n) -> int:
 def _traced_choice(dtype: str, out: str, D: int, causal: bool, nq: int, nk: int, bh: int, gqa: int,
                    precision: str, device_index: int, sdpa_ok: bool, sdpa_fallback: int, variant: str) -> str:
     """Runs at trace time only (never traced, so it may read files and caches); returns a string constant:
-    "kernel:<variant>:<q_tile>,<q_sub>,<k_tile>,<k_sub>" or "sdpa:<backend>".
+    "kernel:<variant>:<q_tile>,<q_sub>,<k_tile>,<k_sub>:<wgmma V mode or empty>" or "sdpa:<backend>".
 
     nq, nk, bh, gqa are buckets (registry.bucket). device_index -1: meta tensors.
     sdpa_fallback: -1 follow SAGEGEN_FORCE_KERNEL, 0 never, 1 allowed. variant: "" or a forced variant name.
@@ -404,7 +403,7 @@ def _traced_choice(dtype: str, out: str, D: int, causal: bool, nq: int, nk: int,
             return choice.name
         spec = choice.spec
     qg, kg = spec.q_groups, spec.k_groups
-    return f"kernel:{spec.name}:{qg.tile},{qg.sub},{kg.tile},{kg.sub}"
+    return f"kernel:{spec.name}:{qg.tile},{qg.sub},{kg.tile},{kg.sub}:{getattr(spec, 'v_mode', '')}"
 
 
 def _traced(q, k, v, is_causal, sm_scale, tensor_layout, return_lse, causal_alignment, precision, out_dtype, variant,
@@ -431,10 +430,11 @@ def _traced(q, k, v, is_causal, sm_scale, tensor_layout, return_lse, causal_alig
                               -1 if sdpa_fallback is None else int(sdpa_fallback), variant or "")
     if decision.startswith(registry.SDPA_PREFIX):
         return _sdpa_forward(q, k, v, "auto", shape.layout, shape.causal, scale)
-    _, variant_name, groups = decision.split(":")
+    _, variant_name, groups, v_mode = decision.split(":")
+    v_mode = v_mode or v_mode_for(shape.dtype == "f16", shape.d)  # attn_mma: from the true head dim
     q_tile, q_sub, k_tile, k_sub = (int(x) for x in groups.split(","))
     return _kernel_forward(q, k, v, scale, shape.layout, q_tile, q_sub, k_tile, k_sub,
-                           _v_mode(shape.dtype, shape.d, family_of(variant_name)), variant_name, shape.nq, shape.nk,
+                           v_mode, variant_name, shape.nq, shape.nk,
                            shape.d, shape.offset, shape.return_lse)
 
 

@@ -4,17 +4,19 @@ from __future__ import annotations
 import torch
 
 from ..quant_layout import padded_len
-from ..variants.attn_wgmma import AttnWgmmaSpec
+from ..variants.attn_wgmma import PV_FORMATS, AttnWgmmaSpec
 from . import launch as L
 from .attn_mma import LOG2E, OUT_DTYPES
 from .device import stream_handle
 from .quant import Quantized, bhnd_strides, quantize
 
-V_MODE = "e4m3w"  # V transposed, e4m3, blocked by 128 keys, keys permuted to the P fragment, swizzled
+# What the quantization pass writes for V, per P.V format (spec.v_mode): e4m3w (V transposed, e4m3, blocked by 128
+# keys, keys permuted to the P fragment, swizzled) or f16w (fp16, blocked by 128 keys and 64 channels, swizzled).
+V_MODES = tuple(mode for _, mode in PV_FORMATS.values())
 
 
 def quantize_for(q, k, v, spec: AttnWgmmaSpec, layout: str, return_lse: bool) -> Quantized:
-    return quantize(q, k, v, layout=layout, q_groups=spec.q_groups, k_groups=spec.k_groups, v_mode=V_MODE,
+    return quantize(q, k, v, layout=layout, q_groups=spec.q_groups, k_groups=spec.k_groups, v_mode=spec.v_mode,
                     qk_image=True, with_qk_bias=return_lse)
 
 

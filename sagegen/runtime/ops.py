@@ -40,7 +40,7 @@ _lib.define(
     "str variant, str layout, SymInt nq, SymInt nk, SymInt d, float sm_scale, SymInt causal_offset, "
     "bool return_lse) -> (Tensor out, Tensor lse)")
 
-V_MODES = ("none", "f16", "e4m3t", "e4m3w")
+V_MODES = ("none", "f16", "e4m3t", "e4m3w", "f16w")
 V_SOURCES = ("input", "copy")  # attn_mma's v: the caller's V in ``layout``, or quantize's fp16 copy (HND, padded)
 _OUT_DTYPES = {"f16": torch.float16, "bf16": torch.bfloat16}
 
@@ -108,6 +108,9 @@ def _quantize_fake(q, k, v, layout, q_tile, q_sub, k_tile, k_sub, v_mode, with_q
     elif v_mode == "e4m3w":
         v_out = new((B, Hkv, nk_pad // N_ALIGN, D, N_ALIGN), dtype=torch.float8_e4m3fn)
         v_scale = new((B, Hkv, D), dtype=torch.float32)
+    elif v_mode == "f16w":
+        v_out = new(quant.v_f16_image_shape(B, Hkv, nk_pad, D), dtype=torch.float16)
+        v_scale = new((0,), dtype=torch.float32)
     else:
         v_out, v_scale = new((0,), dtype=torch.float16), new((0,), dtype=torch.float32)
     qk_bias = new((B, Hq, nq), dtype=torch.float32) if with_qk_bias else new((0,), dtype=torch.float32)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..quant_layout import N_ALIGN, QK_IMAGE_DIMS, ScaleGroups, padded_dim, padded_len
+from ..quant_layout import N_ALIGN, QK_IMAGE_DIMS, V_SLAB, ScaleGroups, padded_dim, padded_len
 from ..variants.quant import QuantSpec
 from . import launch as L
 from .device import device_arch, stream_handle
@@ -25,7 +25,8 @@ class Quantized:
     k8: torch.Tensor  # [B, Hkv, nk_pad, D] int8 (smoothed; plain or image, as q8)
     k_scale: torch.Tensor
     v: torch.Tensor | None  # fp16 [B, Hkv, nk_pad, D], e4m3 [B, Hkv, D, nk_pad], e4m3 image
-    #                         [B, Hkv, nk_pad/128, D, 128], or None (use the input V)
+    #                         [B, Hkv, nk_pad/128, D, 128], fp16 image [B, Hkv, nk_pad/128, D/64, 128, 64],
+    #                         or None (use the input V)
     v_scale: torch.Tensor | None  # [B, Hkv, D] for e4m3
     qk_bias: torch.Tensor | None  # [B, Hq, nq] fp32: q . mean(k)
     nq: int
@@ -44,6 +45,10 @@ def v_mode_for(is_f16: bool, d: int) -> str:
     return "none" if is_f16 and d == padded_dim(d) else "f16"
 
 
+def v_f16_image_shape(B: int, Hkv: int, nk_pad: int, D: int) -> tuple[int, ...]:
+    return (B, Hkv, nk_pad // N_ALIGN, D // V_SLAB, N_ALIGN, V_SLAB)
+
+
 def bhnd_strides(x: torch.Tensor, layout: str) -> tuple[int, int, int]:
     """(batch, head, token) strides in elements of a 4-D tensor in ``layout`` (HND or NHD)."""
     s = x.stride()
@@ -59,8 +64,8 @@ def _vector_ready(x: torch.Tensor) -> torch.Tensor:
 
 def quantize(q, k, v, *, layout: str, q_groups: ScaleGroups, k_groups: ScaleGroups, v_mode: str,
              with_qk_bias: bool = False, qk_image: bool = False) -> Quantized:
-    """Run both passes. ``v_mode``: none (attention reads the input V), f16, e4m3t, or e4m3w (e4m3 in the wgmma
-    operand image). ``qk_image``: write Q and K in their operand image (padded head dim 64 or 128); see
+    """Run both passes. ``v_mode``: none (attention reads the input V), f16, e4m3t, e4m3w or f16w (e4m3 or fp16
+    in the wgmma operand image). ``qk_image``: write Q and K in their operand image (padded head dim 64 or 128); see
     sagegen.quant_layout."""
     q, k, v = _vector_ready(q), _vector_ready(k), _vector_ready(v)
     hd = 1 if layout == "HND" else 2
@@ -102,6 +107,8 @@ def quantize(q, k, v, *, layout: str, q_groups: ScaleGroups, k_groups: ScaleGrou
     elif v_mode == "e4m3w":
         v_out = torch.empty(B, Hkv, nk_pad // N_ALIGN, D, N_ALIGN, device=dev, dtype=torch.float8_e4m3fn)
         v_scale = torch.empty(B, Hkv, D, device=dev, dtype=torch.float32)
+    elif v_mode == "f16w":
+        v_out, v_scale = torch.empty(v_f16_image_shape(B, Hkv, nk_pad, D), device=dev, dtype=torch.float16), None
     else:
         v_out, v_scale = None, None
     qk_bias = torch.empty(B, Hq, nq, device=dev, dtype=torch.float32) if with_qk_bias else None

@@ -4,16 +4,19 @@ Key (``Key``): arch, input dtype, output dtype, padded head dim, causal, and pow
 length, the key length, batch*heads (how many CTAs the grid has) and the GQA ratio, plus the precision class.
 
 Precision classes (``PRECISIONS``), each a set of families:
-  * "fast": INT8 Q.K^T + FP8 P.V (SageAttention2) where the arch has such a family (sm90a: attn_wgmma), else the
-    "accurate" family: an arch without FP8 attention runs the more accurate kernel, never a less accurate one;
-  * "accurate": INT8 Q.K^T + FP16 P.V with fp32 accumulation (attn_mma on every arch; fp16-accumulator variants
-    run only when named through ``attention(variant=...)``).
+  * "fast": INT8 Q.K^T + FP8 P.V (SageAttention2) where the arch has such a family (sm90a: attn_wgmma pv=e4m3),
+    else the "accurate" family: an arch without FP8 attention runs the more accurate kernel, never a less accurate
+    one;
+  * "accurate": INT8 Q.K^T + FP16 P.V with fp32 accumulation: attn_wgmma pv=f16 where the arch has it (sm90a;
+    attn_mma variants stay candidates for the autotuner), attn_mma on every other arch (its fp16-accumulator
+    variants run only when named through ``attention(variant=...)``).
 
 Heuristic (``heuristic``), used whenever nothing was measured for the key:
   * candidates are the precision's variants for (arch, d, causal, out dtype);
-  * attn_wgmma (sm90a, "fast"): per-thread scales first (as below), then the (stages, overlap, ping-pong, row sum)
-    order measured on the H100/H200 per (d, causal) (``WGMMA_PREFERRED``, BENCHMARKS.md): three stages with
-    intra-warpgroup overlap; the row sum on the MMA except for causal d=128, which prefers ping-pong;
+  * attn_wgmma (sm90a) before attn_mma; per-thread scales first (as below), then the (stages, overlap, ping-pong,
+    row sum) order measured on the H100/H200 per (P.V format, d, causal) (``WGMMA_PREFERRED``, BENCHMARKS.md);
+    FP8 P.V: three stages with intra-warpgroup overlap, the row sum on the MMA except for causal d=128, which
+    prefers ping-pong;
   * scale granularity per-thread Q and K first (H100, N(0,1), d=128: rel-L1 0.010-0.011 against 0.011-0.012 for
     per-warp Q / per-block K and 0.012-0.013 for per-block, at the same speed), then warp/block, then block/block;
   * tiles in the order of the H100 measurements (d=128, bf16, N=8k-16k): (m=128, n=32, w=4, s=2) ~367 TOPS,
@@ -69,7 +72,7 @@ GRANULARITY_ORDER = (("thread", "thread"), ("warp", "block"), ("block", "block")
 # Where torch SDPA's cuDNN backend beat the registry's kernel end to end (NVIDIA H100, B=4, H=32, bf16; the
 # fast family's e2e vs cuDNN in BENCHMARKS.md): (d, causal) -> the largest key-length bucket where cuDNN won.
 SDPA_FASTER = {
-    "sm90a": {(128, False): 4096, (128, True): 4096, (64, False): 8192, (64, True): 8192},
+    ("sm90a", "fast"): {(128, False): 4096, (128, True): 4096, (64, False): 8192, (64, True): 8192},
 }
 
 # (s, overlap, pingpong, rowsum) per (head dim, causal), best first (NVIDIA H100 / H200, B=4, H=32, N=8k-32k;
@@ -80,10 +83,14 @@ _FREE_FMA = (3, True, False, "fma")
 _PP_MMA = (3, True, True, "mma")
 _PP_FMA = (3, True, True, "fma")
 WGMMA_PREFERRED = {
-    (128, False): (_FREE_MMA, _PP_FMA, _FREE_FMA, _PP_MMA, (4, True, True, "fma")),
-    (128, True): (_PP_FMA, _FREE_MMA, _PP_MMA, (4, True, True, "fma"), _FREE_FMA),
-    (64, False): (_FREE_MMA, _FREE_FMA, _PP_MMA, _PP_FMA),
-    (64, True): (_FREE_MMA, _FREE_FMA, _PP_MMA, _PP_FMA),
+    ("e4m3", 128, False): (_FREE_MMA, _PP_FMA, _FREE_FMA, _PP_MMA, (4, True, True, "fma")),
+    ("e4m3", 128, True): (_PP_FMA, _FREE_MMA, _PP_MMA, (4, True, True, "fma"), _FREE_FMA),
+    ("e4m3", 64, False): (_FREE_MMA, _FREE_FMA, _PP_MMA, _PP_FMA),
+    ("e4m3", 64, True): (_FREE_MMA, _FREE_FMA, _PP_MMA, _PP_FMA),
+    ("f16", 128, False): (_PP_FMA, _FREE_FMA),
+    ("f16", 128, True): (_PP_FMA, _FREE_FMA),
+    ("f16", 64, False): (_PP_FMA, _FREE_FMA),
+    ("f16", 64, True): (_PP_FMA, _FREE_FMA),
 }
 
 def bucket(n: int) -> int:
@@ -143,10 +150,11 @@ def _variants(arch: str) -> tuple:
 @functools.cache
 def _candidates(arch: str, d: int, causal: bool, out: str, precision: str) -> tuple:
     fits = [s for s in _variants(arch) if s.d == d and s.causal == causal and s.o == out]
-    fast = [s for s in fits if isinstance(s, AttnWgmmaSpec)]
+    fast = [s for s in fits if isinstance(s, AttnWgmmaSpec) and s.pv == "e4m3"]
     if precision == "fast" and fast:
         return tuple(fast)
-    return tuple(s for s in fits if isinstance(s, AttnMmaSpec) and s.acc == "f32")
+    return tuple(s for s in fits if (isinstance(s, AttnWgmmaSpec) and s.pv == "f16")
+                 or (isinstance(s, AttnMmaSpec) and s.acc == "f32"))
 
 
 def candidates(key: Key, *, include_sdpa: bool = False) -> list[str]:
@@ -161,29 +169,31 @@ def candidate_specs(key: Key) -> list:
 
 def _rank(spec, tiles) -> tuple:
     g = GRANULARITY_ORDER.index((spec.qg, spec.kg)) if (spec.qg, spec.kg) in GRANULARITY_ORDER else 99
-    if isinstance(spec, AttnWgmmaSpec):
-        order = WGMMA_PREFERRED.get((spec.d, spec.causal), ())
+    if isinstance(spec, AttnWgmmaSpec):  # the warpgroup family first wherever it is a candidate
+        order = WGMMA_PREFERRED.get((spec.pv, spec.d, spec.causal), ())
         cfg = (spec.s, spec.overlap, spec.pingpong, spec.rowsum)
-        return (g, order.index(cfg) if cfg in order else len(order), spec.name)
+        return (0, g, order.index(cfg) if cfg in order else len(order), spec.name)
     tile = (spec.m, spec.n, spec.w, spec.s)
     t = tiles.index(tile) if tile in tiles else len(tiles)
     # unlisted tiles: larger tiles first (more reuse), then fewer stages and warps; name last for determinism
-    return (t, g, spec.b, -spec.m * spec.n, spec.s, spec.w, spec.name)
+    return (1, t, g, spec.b, -spec.m * spec.n, spec.s, spec.w, spec.name)
 
 
 @functools.cache
-def _heuristic(key: Key, small_grid: bool):
-    cands = _candidates(key.arch, key.d, key.causal, key.out, key.precision)
+def _heuristic(key: Key, small_grid: bool, family: str | None):
+    cands = [s for s in _candidates(key.arch, key.d, key.causal, key.out, key.precision)
+             if family is None or s.family == family]
     if not cands:
-        raise ValueError(f"no attention variant for {key.tag}")
+        raise ValueError(f"no attention variant for {key.tag}" + (f" in family {family}" if family else ""))
     tiles = SMALL_GRID_TILES if small_grid else PREFERRED_TILES
     return min(cands, key=lambda s: _rank(s, tiles))
 
 
-def heuristic(key: Key, *, sm_count: int | None = None):
-    """The variant the rule in the module docstring picks (``sm_count`` None: assume a full grid)."""
+def heuristic(key: Key, *, sm_count: int | None = None, family: str | None = None):
+    """The variant the rule in the module docstring picks (``sm_count`` None: assume a full grid); ``family``:
+    only among that family's candidates (e.g. attn_mma for "accurate" on sm90a, for tools and tests)."""
     small = bool(sm_count) and key.bh * math.ceil(key.nq / 128) < sm_count
-    return _heuristic(key, small)
+    return _heuristic(key, small, family)
 
 
 # --- the persisted table ----------------------------------------------------------------------------------------
@@ -327,14 +337,15 @@ def choose(key: Key, *, env: str | None = None, sm_count: int | None = None, sdp
             if best_name.startswith(SDPA_PREFIX):
                 return Choice("sdpa", backend=best_name[len(SDPA_PREFIX):], source="tuned")
             return Choice("kernel", spec=valid[best_name], source="tuned")
-    if sdpa_ok and allow_sdpa and key.precision == "fast" and sdpa_measured_faster(key):
+    if sdpa_ok and allow_sdpa and sdpa_measured_faster(key):
         return Choice("sdpa", backend="cudnn", source="heuristic")
     return Choice("kernel", spec=heuristic(key, sm_count=sm_count), source="heuristic")
 
 
 def sdpa_measured_faster(key: Key) -> bool:
-    """Whether SDPA_FASTER says cuDNN beat the kernels for this key's arch, head dim, causality and key length."""
-    limit = SDPA_FASTER.get(key.arch, {}).get((key.d, key.causal))
+    """Whether SDPA_FASTER says cuDNN beat the kernels for this key's arch, precision, head dim, causality and key
+    length."""
+    limit = SDPA_FASTER.get((key.arch, key.precision), {}).get((key.d, key.causal))
     return limit is not None and key.nk <= limit
 
 

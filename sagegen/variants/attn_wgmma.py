@@ -1,8 +1,9 @@
-"""The sm90a warpgroup family: INT8 Q.K^T and FP8 e4m3 P.V on wgmma, fed by bulk copies (SageAttention2 on Hopper).
+"""The sm90a warpgroup family: INT8 Q.K^T and FP8 e4m3 P.V ("fast", SageAttention2 on Hopper) or FP16 P.V
+("accurate", SageAttention1's formats at wgmma speed) on wgmma, fed by bulk copies.
 
 A CTA is one producer warpgroup plus ``m / 64`` consumer warpgroups (64 query rows each); K and V^T tiles of ``n``
 keys stream through ``s`` shared-memory stages. Operands come from the quantization pass in the swizzled
-shared-memory image (sagegen/quant_layout.py: Q/K image, V "e4m3w"), so every tile is one bulk copy.
+shared-memory image (sagegen/quant_layout.py: Q/K image, V "e4m3w" or "f16w"), so every tile is one bulk copy.
 """
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ WARPGROUP_ROWS = 64  # rows of one m64nNk32 wgmma: what one consumer warpgroup o
 TILES = ((128, 128, 2), (128, 128, 3), (128, 128, 4))
 GRANULARITY_PAIRS = (("block", "block"), ("warp", "block"), ("thread", "thread"))
 ROW_SUMS = ("fma", "mma")
+# P.V operand format -> (V element bytes, the quantization pass's V mode). e4m3: P = e4m3(448 p), V per-channel e4m3
+# transposed, two-level accumulation. f16: P and V fp16 (V not scaled), accumulated straight into O in fp32.
+PV_FORMATS = {"e4m3": (1, "e4m3w"), "f16": (2, "f16w")}
 # (overlap, pingpong, rowsum) schedules enumerated: the MMA row sum only where softmax overlaps the MMAs (where
 # trading FADDs for tensor work can pay).
 SCHEDULES = ((True, True, "fma"), (True, False, "fma"), (False, False, "fma"),
@@ -28,7 +32,7 @@ SCHEDULES = ((True, True, "fma"), (True, False, "fma"), (False, False, "fma"),
 @dataclass(frozen=True)
 class AttnWgmmaSpec(KernelSpec):
     qk: str = word("qk")  # Q.K^T operands: i8
-    pv: str = word("pv")  # P.V operands: e4m3 (P quantized per row block, V per channel)
+    pv: str = word("pv")  # P.V operands: e4m3 (P quantized per row block, V per channel) or f16
     o: str = word("o")  # output dtype
     d: int = prefix("d")  # head dim compiled (smaller d are zero-padded by the quantization pass)
     m: int = prefix("m")  # query rows per CTA (64 per consumer warpgroup)
@@ -36,7 +40,8 @@ class AttnWgmmaSpec(KernelSpec):
     s: int = prefix("s")  # shared-memory stages of K and V^T
     overlap: bool = flag("ovl", "seq")  # softmax of block j+1 under P.V of block j (ovl), or one block at a time
     pingpong: bool = flag("pp", "free")  # consumer warpgroups take turns issuing MMAs (pp), or issue freely
-    rowsum: str = word("rs")  # softmax denominator: FADDs over the fp32 p (fma), or the P.V MMA with ones (mma)
+    rowsum: str = word("rs")  # softmax denominator: FADDs over the fp32 p (fma), or the P.V MMA with ones (mma,
+    #                           e4m3 only: the ones rows extend the K-major V^T image)
     qg: str = word("qg")  # Q scale granularity
     kg: str = word("kg")  # K scale granularity
     causal: bool = flag("causal", "full")
@@ -57,22 +62,31 @@ class AttnWgmmaSpec(KernelSpec):
     def ones_rows(self) -> int:
         return 8 if self.rowsum == "mma" else 0
 
+    @property
+    def v_mode(self) -> str:
+        """What the quantization pass writes for V (sagegen.quant_layout)."""
+        return PV_FORMATS[self.pv][1]
+
     def smem_bytes(self) -> int:
-        # Q, then per stage K, V^T and (rowsum=mma) 8 rows of ones under V^T
-        tiles = self.m * self.d + self.s * (self.n * self.d + (self.d + self.ones_rows) * self.n)
+        # Q, then per stage K, V (and, rowsum=mma, 8 rows of ones under V^T)
+        v_bytes = PV_FORMATS[self.pv][0]
+        tiles = self.m * self.d + self.s * (self.n * self.d + (self.d + self.ones_rows) * self.n * v_bytes)
         return 1024 + tiles + 8 * (2 * self.s + 1)  # alignment slack, mbarriers
 
     def reg_estimate(self) -> int:
-        """Consumer registers: O, the block's P.V tile, S, packed P, plus ~24 for addresses and temporaries (the
-        overlap keeps all four live at once; one block at a time never holds S and the P.V tile together)."""
-        o, ob, s, p = self.d // 2, (self.d + self.ones_rows) // 2, self.n // 2, self.n // 8
+        """Consumer registers: O, the block's P.V tile (e4m3's two-level accumulation only), S, packed P, plus ~24
+        for addresses and temporaries (the overlap keeps all four live at once; one block at a time never holds S
+        and the P.V tile together)."""
+        f16 = self.pv == "f16"
+        o, s = self.d // 2, self.n // 2
+        ob, p = (0, self.n // 4) if f16 else ((self.d + self.ones_rows) // 2, self.n // 8)
         return (o + ob + s + p if self.overlap else o + max(s, ob + p)) + 24
 
     def check(self):
         if self.qk != "i8":
             raise InvalidVariant(f"qk must be i8, got {self.qk!r}")
-        if self.pv != "e4m3":
-            raise InvalidVariant(f"pv must be e4m3, got {self.pv!r}")
+        if self.pv not in PV_FORMATS:
+            raise InvalidVariant(f"pv must be one of {sorted(PV_FORMATS)}, got {self.pv!r}")
         if self.o not in OUT_TYPES:
             raise InvalidVariant(f"o must be one of {sorted(OUT_TYPES)}, got {self.o!r}")
         if self.d not in (64, 128):
@@ -84,6 +98,8 @@ class AttnWgmmaSpec(KernelSpec):
             raise InvalidVariant(f"n must be {N_ALIGN} (the V image's key block), got {self.n}")
         if self.rowsum not in ROW_SUMS:
             raise InvalidVariant(f"rowsum must be one of {ROW_SUMS}, got {self.rowsum!r}")
+        if self.rowsum == "mma" and self.pv != "e4m3":
+            raise InvalidVariant("rowsum=mma needs pv=e4m3 (its ones rows extend the K-major V^T image)")
         if self.pingpong and not (self.overlap and self.consumers == 2):
             raise InvalidVariant("pingpong alternates two overlapping consumer warpgroups: needs overlap and m=128")
         if self.s not in (2, 3, 4):
@@ -120,15 +136,16 @@ class AttnWgmmaSpec(KernelSpec):
 
 def enumerate_variants(arch: str) -> list[AttnWgmmaSpec]:
     out = []
-    for d in (64, 128):
-        for m, n, s in TILES:
-            for overlap, pingpong, rowsum in SCHEDULES:
-                for qg, kg in GRANULARITY_PAIRS:
-                    for o in OUT_TYPES:
-                        for causal in (False, True):
-                            spec = build_valid(AttnWgmmaSpec, arch=arch, qk="i8", pv="e4m3", o=o, d=d, m=m, n=n,
-                                               s=s, overlap=overlap, pingpong=pingpong, rowsum=rowsum, qg=qg, kg=kg,
-                                               causal=causal)
-                            if spec is not None:
-                                out.append(spec)
+    for pv in PV_FORMATS:
+        for d in (64, 128):
+            for m, n, s in TILES:
+                for overlap, pingpong, rowsum in SCHEDULES:
+                    for qg, kg in GRANULARITY_PAIRS:
+                        for o in OUT_TYPES:
+                            for causal in (False, True):
+                                spec = build_valid(AttnWgmmaSpec, arch=arch, qk="i8", pv=pv, o=o, d=d, m=m, n=n,
+                                                   s=s, overlap=overlap, pingpong=pingpong, rowsum=rowsum, qg=qg,
+                                                   kg=kg, causal=causal)
+                                if spec is not None:
+                                    out.append(spec)
     return out

@@ -3,7 +3,8 @@
   op=stats  one read of K (and of V when V goes to FP8): per-split partial channel sums of K (for smoothing)
             and partial channel amax of V (for its per-channel FP8 scales).
   op=qkv    one read of Q, K and V: INT8 Q and K (K smoothed) with scales at run-time granularity, and V cast
-            to fp16 or quantized to FP8 e4m3 transposed (e4m3t), or to its wgmma operand image (e4m3w). Q and K
+            to fp16 (f16, or its wgmma operand image f16w) or quantized to FP8 e4m3 transposed (e4m3t, or its
+            wgmma operand image e4m3w). Q and K
             go to their operand image when the run-time flag qk_image is set.
 Group sizes (tile rows, scales per tile) are run-time arguments, so one compiled variant serves every attention
 tile shape; the head dim and dtypes are compile-time (they set vector widths and register use).
@@ -18,7 +19,8 @@ from ..quant_layout import HEAD_DIMS
 from .spec import KernelSpec, build_valid, word, prefix
 
 CUDA_TYPES = {"f16": "__half", "bf16": "__nv_bfloat16"}
-V_MODES = ("none", "f16", "e4m3t", "e4m3w")  # e4m3w: the wgmma operand image of e4m3t (sagegen.quant_layout)
+# e4m3w / f16w: the wgmma operand images of e4m3t / f16 (sagegen.quant_layout)
+V_MODES = ("none", "f16", "e4m3t", "e4m3w", "f16w")
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ class QuantSpec(KernelSpec):
             raise InvalidVariant(f"x must be one of {sorted(CUDA_TYPES)}, got {self.x!r}")
         if self.v not in V_MODES:
             raise InvalidVariant(f"v must be one of {V_MODES}, got {self.v!r}")
-        if self.op == "stats" and self.v == "f16":
+        if self.op == "stats" and self.v in ("f16", "f16w"):
             raise InvalidVariant("stats needs no V unless V goes to FP8 (use v=none)")
         if self.op == "stats" and self.v == "e4m3w":
             raise InvalidVariant("stats for v=e4m3w is the v=e4m3t one (same V amax; use v=e4m3t)")

@@ -1,4 +1,4 @@
-// The sm90a attention kernel: warp-specialized, fed by bulk copies, INT8 Q.K^T and FP8 P.V on wgmma
+// The sm90a attention kernel: warp-specialized, fed by bulk copies, INT8 Q.K^T and FP8 (or FP16) P.V on wgmma
 // (see sagegen/variants/attn_wgmma.py for the parameters).
 //
 // One CTA = one producer warpgroup + kConsumers consumer warpgroups of 64 query rows each. One producer thread
@@ -12,6 +12,9 @@
 // masked, online softmax in base 2 -> P = e4m3(448 p) packed straight from the accumulator registers (the V image
 // permutes keys so the accumulator and A-operand fragments line up) -> O_blk = P.V^T into a fresh fp32 tile ->
 // O = O * alpha + O_blk (two-level accumulation: the FP8 MMA's reduced-precision accumulator sums one block only).
+// With FP16 P.V (kPvF16, the "accurate" precision): P = fp16(p) straight from the accumulator (the fragments of
+// m64nNk16 line up with it as they are), V fp16 read MN-major from its image, the MMA accumulating into O itself
+// in fp32; O is rescaled only when some row's max grows by more than 2^kSlack.
 #pragma once
 #include "common/numeric.cuh"
 #include "common/attn_common.cuh"
@@ -22,8 +25,8 @@
 
 namespace sagegen::attn_wg {
 
-template <int D, int BlockN, int Consumers, int Stages, bool Overlap, bool PingPong, bool MmaRowSum, bool Causal,
-          class OutT, int QTile, int QSub, int KTile, int KSub, class Mma = wg::MmaSm90>
+template <int D, int BlockN, int Consumers, int Stages, bool Overlap, bool PingPong, bool MmaRowSum, bool PvF16,
+          bool Causal, class OutT, int QTile, int QSub, int KTile, int KSub, class Mma = wg::MmaSm90>
 struct Config {
   static constexpr int kD = D, kBlockN = BlockN, kConsumers = Consumers, kStages = Stages;
   static constexpr bool kOverlap = Overlap;  // softmax of block j + 1 under P.V of block j
@@ -32,10 +35,16 @@ struct Config {
   // N grows by 8 and its last 8 columns hold each row's sum of P; no FADDs, no quad reduction.
   static constexpr bool kMmaRowSum = MmaRowSum;
   static constexpr int kOnesRows = MmaRowSum ? 8 : 0, kPvN = D + kOnesRows;
+  static constexpr bool kPvF16 = PvF16;
+  static constexpr int kVBytes = PvF16 ? 2 : 1, kPvKeyStep = PvF16 ? 16 : 32;  // V element bytes, keys per k-step
+  // p's scale: e4m3 P maps p in [0, 1] onto its full range (448 = 2^8.807); fp16 P needs no gain.
+  static constexpr float kLog2PGain = PvF16 ? 0.f : 8.807354922057604f;
+  // Lazy O rescale (log2 units): fp16 P and O in fp32 absorb p up to 2^8; e4m3 P must stay within 448.
+  static constexpr int kSlack = PvF16 ? 8 : 0;
   static constexpr int kBlockM = 64 * Consumers, kThreads = 128 * (Consumers + 1);
   static constexpr bool kCausal = Causal;
   static constexpr int kQTile = QTile, kQSub = QSub, kKTile = KTile, kKSub = KSub;
-  static constexpr int kTileQ = kBlockM * D, kTileK = BlockN * D, kTileV = D * BlockN;  // bytes (8-bit operands)
+  static constexpr int kTileQ = kBlockM * D, kTileK = BlockN * D, kTileV = D * BlockN * kVBytes;  // bytes
   static constexpr int kStageV = kTileV + kOnesRows * BlockN;  // V^T (+ the ones rows) per stage
   static constexpr int kSmemBytes = 1024 /* alignment slack */ + kTileQ + Stages * (kTileK + kStageV) +
                                     8 * (2 * Stages + 1) /* mbarriers */;
@@ -52,20 +61,20 @@ struct Config {
   static_assert(QTile % 16 == 0, "a thread's two rows (g, g + 8) must share one Q scale group");
   static_assert(KTile == BlockN, "K scales are per key block (or per thread within it)");
   static_assert(!PingPong || (Consumers == 2 && Overlap), "ping-pong alternates two overlapping warpgroups");
+  static_assert(!(MmaRowSum && PvF16), "the ones rows extend the e4m3 V^T image only");
 };
 
 struct Params {
   const int8_t* q8; const float* q_scale;    // Q image [B, Hq, nq_pad, D], scales [B, Hq, groups]
   const int8_t* k8; const float* k_scale;    // K image [B, Hkv, nk_pad, D] (smoothed)
-  const uint8_t* v8; const float* v_scale;   // V image e4m3 [B, Hkv, nk_pad/128, D, 128], scales [B, Hkv, D]
+  const uint8_t* v8; const float* v_scale;   // V image e4m3 [B, Hkv, nk_pad/128, D, 128], scales [B, Hkv, D];
+                                             // or fp16 [B, Hkv, nk_pad/128, D/64, 128, 64], no scales
   void* o; long long o_sb, o_sh, o_sn;       // output [.., d] in the caller's layout
   float* lse;                                // optional [B, Hq, nq], natural log
   int Hq, Hkv, nq, nk, nq_pad, nk_pad, d;
   float sm_scale_log2;
   int causal_offset;
 };
-
-constexpr float kLog2PGain = 8.807354922057604f;  // log2(448): p in [0, 1] -> e4m3's full range
 
 // Integer scores become floats without a conversion instruction: the s32 accumulator starts at the bit pattern
 // of 1.5 * 2^23, so after the MMAs each register, read as a float, is exactly 1.5 * 2^23 + s (|s| <= 128 * 127^2
@@ -103,7 +112,7 @@ template <class C>
 __device__ __forceinline__ void produce(const Params& p, const Smem& sm, long long bh, long long bhk, int m0, int nb) {
   const uint8_t* gQ = reinterpret_cast<const uint8_t*>(p.q8) + (bh * p.nq_pad + m0) * C::kD;
   const uint8_t* gK = reinterpret_cast<const uint8_t*>(p.k8) + bhk * p.nk_pad * C::kD;
-  const uint8_t* gV = p.v8 + bhk * p.nk_pad * C::kD;  // same bytes per head as K, blocked by 128 keys
+  const uint8_t* gV = p.v8 + bhk * p.nk_pad * C::kD * C::kVBytes;  // blocked by 128 keys, kTileV bytes each
   sm90::mbar_arrive_expect_tx(sm.q_full, C::kTileQ);
   sm90::bulk_load(sm.q, gQ, C::kTileQ, sm.q_full);
   for (int j = 0; j < nb; ++j) {
@@ -130,7 +139,8 @@ template <class C>
 __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw, long long bh, long long bhk, int b,
                                         int h, int m0, int nb) {
   using Mma = typename C::MmaOps;
-  constexpr int kNChunks = C::kBlockN / 8, kDChunks = C::kD / 8, kPSteps = C::kBlockN / 32, kPvChunks = C::kPvN / 8;
+  constexpr int kNChunks = C::kBlockN / 8, kDChunks = C::kD / 8, kPSteps = C::kBlockN / C::kPvKeyStep;
+  constexpr int kPvChunks = C::kPvN / 8;
   const int tid = threadIdx.x % 128, warp = tid / 32, lane = tid % 32, g = lane / 4, tq = lane % 4;
   const int wg_m0 = m0 + cw * 64, row0 = wg_m0 + warp * 16 + g;
   const int q_groups = p.nq_pad / C::kQTile * C::kQSub, k_groups = p.nk_pad / C::kKTile * C::kKSub;
@@ -144,8 +154,8 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
   attn::RowState& st = rows[0];
   float sc[kNChunks][4];           // scores of one block: biased int32 from the MMA, then probabilities
   auto& s_acc = reinterpret_cast<uint32_t(&)[kNChunks * 4]>(sc);
-  uint32_t pa[kPSteps][4];         // P (e4m3) as the A operand of the P.V k-steps
-  float ob[kPvChunks * 4];         // one block's P.V (the inner level of the two-level accumulation) [+ row sums]
+  uint32_t pa[kPSteps][4];         // P (e4m3 or fp16) as the A operand of the P.V k-steps
+  float ob[C::kPvF16 ? 1 : kPvChunks * 4];  // e4m3: one block's P.V (the two-level accumulation's inner level)
   float alpha[1][2], alpha_next[1][2];
 
   auto stage_of = [](int j) { return j % C::kStages; };
@@ -163,7 +173,8 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
                                    s_acc, true);
     Mma::commit();
   };
-  auto softmax = [&](int j, float (&a)[1][2]) {  // block j's scores (landed) -> 448 p in sc, row rescale in a
+  // Block j's scores (landed) -> p * 2^kLog2PGain in sc, row rescale in a; whether any row of the warp moved.
+  auto softmax = [&](int j, float (&a)[1][2]) {
     wg::fence_operands(s_acc);
     const int col0 = j * C::kBlockN + 2 * tq;
     if (attn::block_needs_mask<C::kCausal, C::kBlockN>(j, wg_m0, p.nk, p.causal_offset))
@@ -172,38 +183,66 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
     // A NaN scale (NaN inputs) must survive the floor: the comparison is false for NaN.
     const float qk = q_scale * k_scale, scale = qk < attn::kMinScale ? attn::kMinScale : qk;
     const float scales[1][2] = {{scale, scale}};
-    // Slack 0: the reference max moves on every increase, so 448 p stays within e4m3's range.
-    attn::online_softmax<1, kNChunks, 0, !C::kMmaRowSum>(reinterpret_cast<float(&)[1][kNChunks][4]>(sc), scales,
-                                                          rows, a, kScoreBias, kLog2PGain);
+    // e4m3: slack 0, the reference max moves on every increase, so 448 p stays within e4m3's range.
+    return attn::online_softmax<1, kNChunks, C::kSlack, !C::kMmaRowSum>(
+        reinterpret_cast<float(&)[1][kNChunks][4]>(sc), scales, rows, a, kScoreBias, C::kLog2PGain);
   };
   auto pack_p = [&]() {
-    // A fragment of m64nNk32: register r of k-step kk holds row half r & 1, chunks 4kk + 2(r >> 1) + {0, 1}.
 #pragma unroll
     for (int kk = 0; kk < kPSteps; ++kk)
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
-        const int c = 4 * kk + 2 * (r >> 1), e = 2 * (r & 1);
-        pa[kk][r] = pack_e4m3x4(sc[c][e], sc[c][e + 1], sc[c + 1][e], sc[c + 1][e + 1]);
+        if constexpr (C::kPvF16) {
+          // A fragment of m64nNk16 = accumulator layout: register r is row half r & 1 of chunk 2kk + (r >> 1).
+          const int c = 2 * kk + (r >> 1), e = 2 * (r & 1);
+          pa[kk][r] = pack_half2(sc[c][e], sc[c][e + 1]);
+        } else {
+          // A fragment of m64nNk32: register r holds row half r & 1, chunks 4kk + 2(r >> 1) + {0, 1}.
+          const int c = 4 * kk + 2 * (r >> 1), e = 2 * (r & 1);
+          pa[kk][r] = pack_e4m3x4(sc[c][e], sc[c][e + 1], sc[c + 1][e], sc[c + 1][e + 1]);
+        }
       }
   };
   auto issue_pv = [&](int j) {
     const uint32_t v_addr = sm90::smem_u32(sm.v + stage_of(j) * C::kStageV);
-    wg::fence_operands(ob);
-    Mma::begin();
+    if constexpr (C::kPvF16) {  // O += P.V; a k-step is 16 keys = two 8-key row groups of the image (2 KB)
+      wg::fence_operands(o);
+      Mma::begin();
 #pragma unroll
-    for (int kk = 0; kk < kPSteps; ++kk)
-      Mma::template pv<C::kPvN>(pa[kk], wg::kmajor_desc<128>(v_addr + kk * 32), ob, kk > 0);
-    Mma::commit();
+      for (int kk = 0; kk < kPSteps; ++kk)
+        Mma::template pv_f16<C::kD>(pa[kk], wg::mnmajor_desc<C::kBlockN * 128>(v_addr + kk * 16 * 128), o);
+      Mma::commit();
+    } else {
+      wg::fence_operands(ob);
+      Mma::begin();
+#pragma unroll
+      for (int kk = 0; kk < kPSteps; ++kk)
+        Mma::template pv<C::kPvN>(pa[kk], wg::kmajor_desc<128>(v_addr + kk * 32), ob, kk > 0);
+      Mma::commit();
+    }
   };
-  auto finish_pv = [&](int j, const float (&a)[1][2]) {  // after block j's P.V retired: free its stage, O += it
-    wg::fence_operands(ob);
+  // After block j's P.V retired: free its stage; e4m3: O = O * alpha_j + the block's P.V.
+  auto finish_pv = [&](int j, const float (&a)[1][2]) {
+    if constexpr (C::kPvF16) wg::fence_operands(o);
+    else wg::fence_operands(ob);
     __syncwarp();
     if (lane == 0) sm90::mbar_arrive(&sm.empty[stage_of(j)]);  // this warp is done with the stage
+    if constexpr (!C::kPvF16) {
 #pragma unroll
-    for (int i = 0; i < kDChunks * 4; ++i) o[i] = fmaf(o[i], a[0][(i >> 1) & 1], ob[i]);
+      for (int i = 0; i < kDChunks * 4; ++i) o[i] = fmaf(o[i], a[0][(i >> 1) & 1], ob[i]);
+    }
     if constexpr (C::kMmaRowSum) {  // column D (chunk kDChunks, element 0 of each row half) = the row's sum of P
       st.sum[0] = fmaf(st.sum[0], a[0][0], ob[4 * kDChunks]);
       st.sum[1] = fmaf(st.sum[1], a[0][1], ob[4 * kDChunks + 2]);
+    }
+  };
+  // fp16 P.V accumulates into O itself: rescale O before the next block's P.V, only when a row's max moved.
+  auto rescale_o = [&](bool moved, const float (&a)[1][2]) {
+    if constexpr (C::kPvF16) {
+      if (moved) {
+#pragma unroll
+        for (int i = 0; i < kDChunks * 4; ++i) o[i] *= a[0][(i >> 1) & 1];
+      }
     }
   };
 
@@ -238,9 +277,10 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
       issue_pv(j);
       pass_turn();
       Mma::template wait<1>();  // Q.K^T of block j + 1 retired; P.V of block j may still run
-      softmax(j + 1, alpha_next);
+      const bool moved = softmax(j + 1, alpha_next);
       Mma::template wait<0>();
       finish_pv(j, alpha);
+      rescale_o(moved, alpha_next);  // fp16: O (block j in) * alpha_{j+1}, before block j + 1's P.V
       pack_p();  // only now: P.V of block j read the previous P until it retired
       alpha[0][0] = alpha_next[0][0];
       alpha[0][1] = alpha_next[0][1];
@@ -259,7 +299,7 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
     for (int j = 0; j < nb; ++j) {
       issue_qk(j);
       Mma::template wait<0>();
-      softmax(j, alpha);
+      rescale_o(softmax(j, alpha), alpha);
       pack_p();
       issue_pv(j);
       Mma::template wait<0>();
@@ -267,7 +307,7 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
     }
   }
 
-  // Epilogue: O / l (l carries the same 448 gain as P), times V's per-channel scales; rows < nq, columns < d.
+  // Epilogue: O / l (l carries the same gain as P), times V's per-channel scales (e4m3); rows < nq, columns < d.
   const float kLn2 = 0.6931471805599453f;
   const float* v_scale = p.v_scale + bhk * C::kD;
 #pragma unroll
@@ -281,13 +321,13 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
     for (int c = 0; c < kDChunks; ++c) {
       const int col = c * 8 + 2 * tq;
       if (col < p.d) {
-        const float2 vs = *reinterpret_cast<const float2*>(v_scale + col);
+        const float2 vs = C::kPvF16 ? make_float2(1.f, 1.f) : *reinterpret_cast<const float2*>(v_scale + col);
         *reinterpret_cast<uint32_t*>(orow + col) =
             attn::pack_out<typename C::Out>(o[4 * c + 2 * r] * inv * vs.x, o[4 * c + 2 * r + 1] * inv * vs.y);
       }
     }
     if (p.lse != nullptr && tq == 0)
-      p.lse[bh * p.nq + row] = l > 0.f ? (st.max[r] + __log2f(l) - kLog2PGain) * kLn2 : attn::kNegInf;
+      p.lse[bh * p.nq + row] = l > 0.f ? (st.max[r] + __log2f(l) - C::kLog2PGain) * kLn2 : attn::kNegInf;
   }
 }
 

@@ -30,12 +30,30 @@ __device__ __forceinline__ uint64_t kmajor_desc(uint32_t smem_addr) {
   return d.desc_;
 }
 
+// Descriptor of an MN-major fp16 operand in the V fp16 image (sagegen/quant_layout.py): per k index one 128-byte
+// row of 64 N-elements, 16-byte chunks swizzled across 8-row groups that lie 1024 bytes apart (SBO); the next 64
+// N-elements (channel slab) start SlabBytes further on (LBO). Same 1024-byte alignment rule as above.
+template <int SlabBytes>
+__device__ __forceinline__ uint64_t mnmajor_desc(uint32_t smem_addr) {
+  static_assert(SlabBytes % 1024 == 0 && (SlabBytes >> 4) < (1 << 14), "slab offset must fit the descriptor");
+  cute::GmmaDescriptor d;
+  d.bitfield.start_address_ = uint16_t(smem_addr >> 4);
+  d.bitfield.leading_byte_offset_ = uint16_t(SlabBytes >> 4);
+  d.bitfield.stride_byte_offset_ = uint16_t(1024 >> 4);
+  d.bitfield.base_offset_ = 0;
+  d.bitfield.layout_type_ = uint8_t(G::LayoutType::B128);
+  return d.desc_;
+}
+
 template <int N> struct QkI8;  // S (s32) = Q (s8, smem) . K^T (s8, smem): m64 nN k32
 template <> struct QkI8<64> { using Op = G::MMA_64x64x32_S32S8S8_SS_TN; };
 template <> struct QkI8<128> { using Op = G::MMA_64x128x32_S32S8S8_SS_TN; };
 template <int N> struct PvE4m3;  // O (f32) = P (e4m3, registers) . V^T (e4m3, smem): m64 nN k32
 template <> struct PvE4m3<64> { using Op = G::MMA_64x64x32_F32E4M3E4M3_RS_TN<>; };
 template <> struct PvE4m3<128> { using Op = G::MMA_64x128x32_F32E4M3E4M3_RS_TN<>; };
+template <int N> struct PvF16;  // O (f32) += P (f16, registers) . V (f16, smem, MN-major): m64 nN k16
+template <> struct PvF16<64> { using Op = G::MMA_64x64x16_F32F16F16_RS<G::Major::K, G::Major::MN>; };
+template <> struct PvF16<128> { using Op = G::MMA_64x128x16_F32F16F16_RS<G::Major::K, G::Major::MN>; };
 #ifdef SAGEGEN_WGMMA_EXTENDED_N
 // Head dim + 8: V^T with 8 rows of ones appended, so the MMA also sums P (the softmax denominator).
 template <> struct PvE4m3<72> { using Op = G::MMA_64x72x32_F32E4M3E4M3_RS_TN<>; };
@@ -71,6 +89,11 @@ struct MmaSm90 {
                                             bool accumulate) {
     fma_rs<typename PvE4m3<N>::Op>(p, vt_desc, o, accumulate ? G::ScaleOut::One : G::ScaleOut::Zero,
                                    cuda::std::make_index_sequence<N / 2>{});
+  }
+  // One k16 step of O += P.V for a 64 x N tile (N = head dim); P's fragment is 4 registers of 2 fp16 each.
+  template <int N>
+  __device__ static __forceinline__ void pv_f16(const uint32_t (&p)[4], uint64_t v_desc, float (&o)[N / 2]) {
+    fma_rs<typename PvF16<N>::Op>(p, v_desc, o, G::ScaleOut::One, cuda::std::make_index_sequence<N / 2>{});
   }
   __device__ static __forceinline__ void begin() { cute::warpgroup_arrive(); }
   __device__ static __forceinline__ void commit() { cute::warpgroup_commit_batch(); }

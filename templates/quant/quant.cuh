@@ -209,7 +209,10 @@ __device__ void quantize_int8_chunk(const QkvArgs& a, const Tensor4& x, int H, i
   for (int g = threadIdx.x; g < groups; g += kThreads) scale[scale_base + g] = group_amax[g] / 127.f;
 }
 
-template <class T, int D>
+// One 128-row chunk of V -> fp16. kImage = false: plain rows [n_pad, D]; true: the wgmma image
+// [n_pad/128, D/64, 128, 64] (64-channel slabs, 16-byte chunks 128-byte swizzled by key row; quant_layout.py).
+// Both put a chunk's D * 128 values at the same offset, so only the position inside the chunk differs.
+template <class T, int D, bool kImage>
 __device__ void cast_v_f16_chunk(const QkvArgs& a, int chunk_id) {
   using M = RowMap<D>;
   const int chunks = a.nk_pad / kChunk;
@@ -223,7 +226,9 @@ __device__ void cast_v_f16_chunk(const QkvArgs& a, int chunk_id) {
     Vec8x16 o;
 #pragma unroll
     for (int i = 0; i < 4; ++i) o.w[i] = pack_half2(f[2 * i], f[2 * i + 1]);
-    *reinterpret_cast<Vec8x16*>(out + lrow * D + ch) = o;
+    const int dst = kImage ? (ch / 64) * (kChunk * 64) + lrow * 64 + ((((ch % 64) >> 3) ^ (lrow % 8)) << 3)
+                           : lrow * D + ch;
+    *reinterpret_cast<Vec8x16*>(out + dst) = o;
   }
 }
 
@@ -287,7 +292,8 @@ __device__ void quantize_v_e4m3_chunk(const QkvArgs& a, int chunk_id) {
 
 // blockIdx.y picks the tensor (0 = Q, 1 = K, 2 = V); blockIdx.x walks one batch's 128-row chunks over its heads;
 // blockIdx.z is the batch (so grid.x stays small). Grid.x covers the larger of Q and K/V; extra CTAs return.
-template <class T, int D, int kVMode>  // kVMode: 0 none, 1 fp16, 2 e4m3 transposed, 3 e4m3 wgmma image
+// kVMode: 0 none, 1 fp16, 2 e4m3 transposed, 3 e4m3 wgmma image, 4 fp16 wgmma image
+template <class T, int D, int kVMode>
 __device__ void qkv(const QkvArgs& a) {
   const int q_items = a.Hq * (a.nq_pad / kChunk), kv_items = a.Hkv * (a.nk_pad / kChunk);
   if (blockIdx.y == 0) {
@@ -298,8 +304,10 @@ __device__ void qkv(const QkvArgs& a) {
     quantize_int8_chunk<T, D>(a, a.k, a.Hkv, blockIdx.z * kv_items + blockIdx.x, true, a.k8, a.k_scale, a.k_tile, a.k_sub);
   } else {
     if (kVMode == 0 || blockIdx.x >= kv_items) return;
-    if constexpr (kVMode == 1) cast_v_f16_chunk<T, D>(a, blockIdx.z * kv_items + blockIdx.x);
-    if constexpr (kVMode >= 2) quantize_v_e4m3_chunk<T, D, kVMode == 3>(a, blockIdx.z * kv_items + blockIdx.x);
+    if constexpr (kVMode == 1 || kVMode == 4)
+      cast_v_f16_chunk<T, D, kVMode == 4>(a, blockIdx.z * kv_items + blockIdx.x);
+    if constexpr (kVMode == 2 || kVMode == 3)
+      quantize_v_e4m3_chunk<T, D, kVMode == 3>(a, blockIdx.z * kv_items + blockIdx.x);
   }
 }
 

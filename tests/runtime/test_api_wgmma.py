@@ -1,4 +1,4 @@
-"""sagegen.attention's "fast" precision on a fake sm90a GPU (tests/runtime/conftest.py: fake_hopper): the wgmma
+"""sagegen.attention's precisions on a fake sm90a GPU (tests/runtime/conftest.py: fake_hopper): the wgmma
 family's launches and their arguments, the precision switch and its fallback on archs without an FP8 family,
 forced attn_wgmma variants."""
 from __future__ import annotations
@@ -116,27 +116,38 @@ def test_describe_says_what_runs(fake_hopper):
     fast = api.describe(q, k, v)
     accurate = api.describe(q, k, v, precision="accurate")
     assert isinstance(fast.spec, AttnWgmmaSpec) and fast.source == "heuristic"
-    assert isinstance(accurate.spec, AttnMmaSpec) and accurate.spec.acc == "f32"
+    assert isinstance(accurate.spec, AttnWgmmaSpec) and (fast.spec.pv, accurate.spec.pv) == ("e4m3", "f16")
     assert not fake_hopper  # describing launches nothing
 
 
 # --- the precision switch -------------------------------------------------------------------------------------
-def test_accurate_on_sm90a_runs_the_mma_family(fake_hopper):
+def test_accurate_on_sm90a_runs_the_fp16_pv_wgmma_family(fake_hopper):
     q, k, v = inputs()
     sagegen.attention(q, k, v, precision="accurate")
     spec, grid, block, smem, _ = fake_hopper.attn()[0]
-    assert isinstance(spec, AttnMmaSpec) and spec.arch == "sm90a" and spec.acc == "f32"
+    assert isinstance(spec, AttnWgmmaSpec) and spec.arch == "sm90a" and spec.pv == "f16"
     assert block == spec.threads and smem == spec.smem_bytes()
+    (stats, *_), (qkv, *_, qargs) = fake_hopper[0], qkv_launch(fake_hopper)
+    assert stats.v == "none"  # fp16 V has no per-channel scales: no V statistics
+    assert qkv.v == "f16w" and int(qargs[24]) == 1  # fp16 V image; Q/K in their operand image
+    assert [s.family for s, *_ in fake_hopper] == ["quant", "quant", "attn_wgmma"]
+
+
+def test_accurate_mma_family_still_runs_when_named_on_sm90a(fake_hopper):
+    q, k, v = inputs()
+    mma = next(s for s in registry.candidate_specs(api.inspect_inputs(q, k, v, precision="accurate").key())
+               if isinstance(s, AttnMmaSpec))
+    sagegen.attention(q, k, v, variant=mma)
+    assert fake_hopper.attn()[0][0] == mma
     qkv, *_, qargs = qkv_launch(fake_hopper)
     assert qkv.v == "f16" and int(qargs[24]) == 0  # bf16 V copied to fp16; plain Q/K
-    assert [s.family for s, *_ in fake_hopper] == ["quant", "quant", "attn_mma"]
 
 
 def test_each_precision_has_its_own_plan(fake_hopper):
     q, k, v = inputs()
     for precision in ("fast", "accurate", "fast", "accurate"):
         sagegen.attention(q, k, v, precision=precision)
-    assert [s.family for s, *_ in fake_hopper.attn()] == ["attn_wgmma", "attn_mma"] * 2
+    assert [(s.family, s.pv) for s, *_ in fake_hopper.attn()] == [("attn_wgmma", "e4m3"), ("attn_wgmma", "f16")] * 2
     assert len(api._plans) == 2
 
 
@@ -172,7 +183,8 @@ def test_forced_wgmma_variant(fake_hopper, by):
 def test_a_forced_variant_wins_over_precision(fake_hopper):
     wg = wgmma_spec()
     sagegen.attention(*inputs(), variant=wg.name, precision="accurate")
-    mma = registry.heuristic(api.inspect_inputs(*inputs(), precision="accurate").key())
+    mma = next(s for s in registry.candidate_specs(api.inspect_inputs(*inputs(), precision="accurate").key())
+               if isinstance(s, AttnMmaSpec))
     sagegen.attention(*inputs(), variant=mma.name, precision="fast")
     assert [e[0] for e in fake_hopper.attn()] == [wg, mma]
     assert [e[0].v for e in fake_hopper if e[0].family == "quant" and e[0].op == "qkv"] == ["e4m3w", "f16"]

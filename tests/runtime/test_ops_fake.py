@@ -225,11 +225,10 @@ def test_compile_forced_wgmma_variant_on_meta(layout):
     assert any(name in str(n.args) for n in catcher.graphs[-1].graph.nodes)
 
 
-@pytest.mark.parametrize("precision,op", [("fast", "sagegen.attn_wgmma.default"),
-                                          ("accurate", "sagegen.attn_mma.default")])
-def test_compile_on_fake_hopper_follows_precision(fake_hopper, monkeypatch, precision, op):
-    """The traced path asks the registry at trace time: on sm90a "fast" is the wgmma family (CPU tensors stand
-    for the GPU's, as in the eager fake-GPU tests)."""
+@pytest.mark.parametrize("precision,v_mode", [("fast", "e4m3w"), ("accurate", "f16w")])
+def test_compile_on_fake_hopper_follows_precision(fake_hopper, monkeypatch, precision, v_mode):
+    """The traced path asks the registry at trace time: on sm90a both precisions are the wgmma family, with FP8 or
+    FP16 V images (CPU tensors stand for the GPU's, as in the eager fake-GPU tests)."""
     from sagegen.runtime import api
 
     real_choice = api._traced_choice
@@ -244,6 +243,5 @@ def test_compile_on_fake_hopper_follows_precision(fake_hopper, monkeypatch, prec
     f = torch.compile(lambda q, k, v: sagegen.attention(q, k, v, precision=precision), fullgraph=True,
                       backend=catcher)
     assert f(q, k, v).shape == q.shape
-    assert catcher.sagegen_ops() == ["sagegen.quantize.default", op]
-    wgmma = precision == "fast"
-    assert _quantize_node_args(catcher)[8:] == ("e4m3w" if wgmma else "f16", False, wgmma)
+    assert catcher.sagegen_ops() == ["sagegen.quantize.default", "sagegen.attn_wgmma.default"]
+    assert _quantize_node_args(catcher)[8:] == (v_mode, False, True)

@@ -1,5 +1,6 @@
 """runtime/quant.py: the launches of the quantization passes (on the CPU, launches recorded) and, on a GPU, the
-operand-image layouts (qk_image, v_mode="e4m3w") against the plain buffers rearranged by quant_layout's helpers."""
+operand-image layouts (qk_image, v_mode="e4m3w" / "f16w") against the plain buffers rearranged by quant_layout's
+helpers."""
 from __future__ import annotations
 
 import os
@@ -9,7 +10,8 @@ import pytest
 import torch
 
 from sagegen.arch import ARCHES
-from sagegen.quant_layout import ScaleGroups, k_groups, padded_len, q_groups, qk_to_image, v_to_image
+from sagegen.quant_layout import (ScaleGroups, k_groups, padded_len, q_groups, qk_to_image, v_f16_to_image,
+                                  v_to_image)
 from sagegen.render import render
 from sagegen.runtime import launch, quant
 
@@ -56,6 +58,13 @@ def test_plain_launch_passes_qk_image_off(recorded):
     assert stats.v == "none" and int(args[24]) == 0 and len(args) == _param_count(qkv)
 
 
+def test_fp16_image_launch_needs_no_v_statistics(recorded):
+    z = quant.quantize(*_qkv(n=300, d=64), layout="HND", q_groups=QG, k_groups=KG, v_mode="f16w", qk_image=True)
+    (stats, _, stats_args), (qkv, _, args) = recorded
+    assert (stats.v, qkv.v) == ("none", "f16w") and stats_args[-1] == 0 and int(args[24]) == 1
+    assert z.v.shape == (2, 3, 3, 1, 128, 64) and z.v.dtype == torch.float16 and z.v_scale is None
+
+
 @pytest.mark.parametrize("d", [129, 256])
 def test_qk_image_rejects_head_dims_above_128(recorded, d):
     with pytest.raises(ValueError, match="qk_image"):
@@ -92,6 +101,25 @@ def test_operand_images_equal_the_rearranged_plain_buffers(quant_kernels, layout
     assert torch.equal(image.v.view(torch.uint8), v_to_image(plain.v).view(torch.uint8))
     for name in ("q_scale", "k_scale", "v_scale", "qk_bias"):
         assert torch.equal(getattr(image, name), getattr(plain, name)), name
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", ["HND", "NHD"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("d", [64, 128, 72])
+def test_fp16_v_image_equals_the_rearranged_fp16_copy(quant_kernels, layout, dtype, d):
+    from .gpu_util import inputs
+
+    assert not quant_kernels.failed, sorted(quant_kernels.failed)
+    q, k, v = inputs("outliers", B=2, Hq=3, nq=300, nk=1000, d=d, dtype=dtype, layout=layout, seed=d + 1)
+    kw = dict(layout=layout, q_groups=QG, k_groups=KG)
+    plain = quant.quantize(q, k, v, v_mode="f16", **kw)
+    image = quant.quantize(q, k, v, v_mode="f16w", qk_image=True, **kw)
+    torch.cuda.synchronize()
+    assert torch.equal(image.v, v_f16_to_image(plain.v)) and image.v_scale is None
+    v_hnd = v if layout == "HND" else v.transpose(1, 2)
+    assert torch.equal(plain.v[:, :, :1000, :d], v_hnd.half()) and not plain.v[:, :, 1000:].any()
+    assert not plain.v[..., d:].any()  # the padded channels are zero
 
 
 def test_operand_image_test_logic(monkeypatch):

@@ -64,18 +64,19 @@ def test_heuristic_is_valid_everywhere(arch, d, causal, out, precision):
         assert spec.arch == arch and spec.d == d and spec.causal == causal and spec.o == out
         assert (spec.qg, spec.kg) == ("thread", "thread")  # the most accurate, at equal speed
         assert spec.name in registry.candidates(k)
-        if precision == "fast" and _has_fp8_family(arch):
-            assert isinstance(spec, AttnWgmmaSpec)
+        if _has_fp8_family(arch):  # the warpgroup family: FP8 P.V for "fast", FP16 P.V for "accurate"
+            assert isinstance(spec, AttnWgmmaSpec) and spec.pv == ("e4m3" if precision == "fast" else "f16")
             _check_wgmma_schedule_rule(spec, k)
-        else:  # "accurate", or "fast" on an arch without an FP8 family: the fp32-accumulating mma.sync family
+        else:  # elsewhere both precisions are the fp32-accumulating mma.sync family
             assert isinstance(spec, AttnMmaSpec) and spec.acc == "f32"
 
 
 def _check_wgmma_schedule_rule(spec, k):
-    """Among the per-thread-scale candidates, the first (stages, overlap, ping-pong, row sum) of
-    WGMMA_PREFERRED[(d, causal)] that exists is the one picked."""
-    cands = [s for s in registry.candidate_specs(k) if (s.qg, s.kg) == ("thread", "thread")]
-    order = registry.WGMMA_PREFERRED[(spec.d, spec.causal)]
+    """Among the per-thread-scale warpgroup candidates, the first (stages, overlap, ping-pong, row sum) of
+    WGMMA_PREFERRED[(pv, d, causal)] that exists is the one picked."""
+    cands = [s for s in registry.candidate_specs(k) if isinstance(s, AttnWgmmaSpec) and (s.qg, s.kg) ==
+             ("thread", "thread")]
+    order = registry.WGMMA_PREFERRED[(spec.pv, spec.d, spec.causal)]
     first = next(c for c in order if any((s.s, s.overlap, s.pingpong, s.rowsum) == c for s in cands))
     assert (spec.s, spec.overlap, spec.pingpong, spec.rowsum) == first
 
@@ -85,7 +86,7 @@ def test_only_sm90a_has_the_fp8_family():
 
 
 def test_heuristic_tile_rule():
-    acc = dict(precision="accurate")
+    acc = dict(arch="sm89", precision="accurate")  # the mma.sync family's rule (sm90a runs the wgmma family)
     big = registry.heuristic(key(**acc), sm_count=132)  # 128 heads x 64 tiles: a full grid
     assert (big.m, big.n, big.w, big.s) == registry.PREFERRED_TILES[0]
     small = registry.heuristic(key(nq=256, batch_heads=8, **acc), sm_count=132)  # 8 x 2 CTAs of 128 rows
@@ -93,7 +94,7 @@ def test_heuristic_tile_rule():
     assert registry.heuristic(key(nq=256, batch_heads=8, **acc)).m == 128  # unknown SM count: full-grid rule
     # the same rule serves "fast" where the arch has no FP8 family
     assert registry.heuristic(key(arch="sm89", nq=256, batch_heads=8), sm_count=132) == \
-        registry.heuristic(key(arch="sm89", nq=256, batch_heads=8, **acc), sm_count=132)
+        registry.heuristic(key(nq=256, batch_heads=8, **acc), sm_count=132)
 
 
 def test_wgmma_heuristic_ignores_the_grid_size():
@@ -106,11 +107,15 @@ def test_wgmma_heuristic_ignores_the_grid_size():
 
 
 def test_candidates_are_the_accurate_variants():
+    """On sm90a: the FP16-P.V warpgroup variants and the fp32-accumulating mma.sync ones, for the autotuner."""
     names = registry.candidates(key(precision="accurate"))
-    assert names and all(n.startswith("attn_mma_sm90a_") and "_acc_f32_" in n and "_o_bf16_d128_" in n
-                         and n.endswith("_full") for n in names)
-    expected = {s.name for s in registry._variants("sm90a") if isinstance(s, AttnMmaSpec) and s.acc == "f32"
+    assert names and all(("_pv_f16_" in n if n.startswith("attn_wgmma_sm90a_") else
+                          n.startswith("attn_mma_sm90a_") and "_acc_f32_" in n)
+                         and "_o_bf16_d128_" in n and n.endswith("_full") for n in names)
+    expected = {s.name for s in registry._variants("sm90a")
+                if ((isinstance(s, AttnMmaSpec) and s.acc == "f32") or (isinstance(s, AttnWgmmaSpec) and s.pv == "f16"))
                 and s.d == 128 and s.o == "bf16" and not s.causal}
+    assert any(n.startswith("attn_wgmma_") for n in names) and any(n.startswith("attn_mma_") for n in names)
     assert set(names) == expected and len(names) == len(expected)
     with_sdpa = registry.candidates(key(precision="accurate"), include_sdpa=True)
     assert with_sdpa[len(names):] == ["sdpa:flash", "sdpa:cudnn"]
@@ -119,7 +124,7 @@ def test_candidates_are_the_accurate_variants():
 def test_fast_candidates_on_hopper_are_the_wgmma_variants():
     k = key(causal=True, out="f16", d=64)
     names = registry.candidates(k)
-    expected = {s.name for s in wgmma_variants("sm90a") if s.d == 64 and s.causal and s.o == "f16"}
+    expected = {s.name for s in wgmma_variants("sm90a") if s.d == 64 and s.causal and s.o == "f16" and s.pv == "e4m3"}
     assert names and set(names) == expected and len(names) == len(expected)
     assert registry.candidates(k, include_sdpa=True)[len(names):] == ["sdpa:flash", "sdpa:cudnn"]
     assert not set(names) & set(registry.candidates(key(causal=True, out="f16", d=64, precision="accurate")))
@@ -185,7 +190,7 @@ def test_a_timing_of_the_other_precision_is_ignored(tmp_path):
     or a hand edit) does not win, however fast."""
     path = tmp_path / "autotune.json"
     k = key()
-    mma = registry.candidates(key(precision="accurate"))[0]
+    mma = registry.candidates(key(precision="accurate"))[-1]  # attn_mma (the accurate list ends with them)
     wgmma = registry.candidates(k)[-1]
     registry.record("g", {}, k, {mma: 1.0, wgmma: 50.0}, {}, path)
     assert registry.choose(k, env="g", path=path).name == wgmma

@@ -102,20 +102,22 @@ def test_sanitize_variants_cover_every_tile_and_granularity():
     sys.modules.pop("_script_sanitize_small", None)
 
 
-def test_sanitize_wgmma_variants_are_the_fast_choices_and_every_schedule():
+def test_sanitize_wgmma_variants_are_the_heuristic_choices_and_every_schedule():
     san = load("sanitize_small")
     from sagegen.runtime import registry
     from sagegen.variants.attn_wgmma import enumerate_variants
 
     few = san.pick_wgmma_variants("sm90a", few=True)
-    assert len(few) == 4 and all(s.family == "attn_wgmma" for s in few)
-    for spec in few:  # the heuristic's "fast" choice for its (d, causal)
+    assert len(few) == 8 and all(s.family == "attn_wgmma" for s in few)
+    assert {s.pv for s in few} == {"e4m3", "f16"}
+    for spec in few:  # the heuristic's choice for its (precision, d, causal)
+        precision = "fast" if spec.pv == "e4m3" else "accurate"
         key = registry.make_key(arch="sm90a", dtype="bf16", out="bf16", d=spec.d, causal=spec.causal, nq=128,
-                                nk=128, batch_heads=8)
+                                nk=128, batch_heads=8, precision=precision)
         assert spec == registry.heuristic(key)
     specs = san.pick_wgmma_variants("sm90a", few=False)
     assert len({s.name for s in specs}) == len(specs) and {s.name for s in few} <= {s.name for s in specs}
-    schedule = lambda s: (s.s, s.overlap, s.pingpong, s.rowsum)  # noqa: E731
+    schedule = lambda s: (s.pv, s.s, s.overlap, s.pingpong, s.rowsum)  # noqa: E731
     assert {schedule(s) for s in specs} == {schedule(s) for s in enumerate_variants("sm90a")}
     assert {(s.d, s.causal) for s in specs} == {(64, False), (64, True), (128, False), (128, True)}
     for spec in specs:

@@ -13,17 +13,17 @@ from sagegen.arch import ARCHES, TMA, WGMMA
 from sagegen.errors import InvalidVariant
 from sagegen.quant_layout import N_ALIGN, k_groups, q_groups
 from sagegen.variants import select, spec_from_name
-from sagegen.variants.attn_wgmma import (GRANULARITY_PAIRS, OUT_TYPES, TILES, WARPGROUP_ROWS, AttnWgmmaSpec,
-                                         enumerate_variants)
+from sagegen.variants.attn_wgmma import (GRANULARITY_PAIRS, OUT_TYPES, PV_FORMATS, TILES, WARPGROUP_ROWS,
+                                         AttnWgmmaSpec, enumerate_variants)
 
 # The fields the declared tuples and loops fix; anything else is a schedule choice (overlap, ...).
 DECLARED = {"arch", "qk", "pv", "o", "d", "m", "n", "s", "qg", "kg", "causal"}
 
 
 def _base(**change) -> AttnWgmmaSpec:
-    """A valid variant: d128, two stages, bf16 out, per-thread Q and K scales, causal."""
+    """A valid variant: FP8 P.V, d128, two stages, bf16 out, per-thread Q and K scales, causal."""
     spec = next(s for s in enumerate_variants("sm90a")
-                if (s.d, s.s, s.o, s.qg, s.kg, s.causal) == (128, 2, "bf16", "thread", "thread", True))
+                if (s.pv, s.d, s.s, s.o, s.qg, s.kg, s.causal) == ("e4m3", 128, 2, "bf16", "thread", "thread", True))
     return dataclasses.replace(spec, **change)
 
 
@@ -81,7 +81,7 @@ def test_every_field_shows_in_the_name_even_single_valued_ones():
 
 
 @pytest.mark.parametrize("change, match", [
-    (dict(qk="i4"), "qk must be i8"), (dict(pv="f16"), "pv must be e4m3"), (dict(pv="e5m2"), "pv must be e4m3"),
+    (dict(qk="i4"), "qk must be i8"), (dict(pv="e5m2"), "pv must be one of"), (dict(pv="bf16"), "pv must be one of"),
     (dict(o="f32"), "o must be one of"), (dict(d=96), "d must be 64 or 128"), (dict(d=256), "d must be 64 or 128"),
     (dict(m=64), "m must be 128"), (dict(m=192), "m must be 128"), (dict(n=64), "n must be 128"),
     (dict(n=256), "n must be 128"), (dict(s=1), "s must be"), (dict(s=5), "s must be"),
@@ -114,13 +114,17 @@ def test_only_sm90a_has_variants(arch):
 def test_enumeration_is_the_whole_declared_space_times_the_schedules():
     specs = enumerate_variants("sm90a")
     schedules = {_schedule(s) for s in specs}
-    # 2 head dims x tiles x scale-granularity pairs x output dtypes x causal, each with every schedule: none of
-    # the declared combinations is dropped as invalid on sm90a
-    assert len(specs) == 2 * len(TILES) * len(GRANULARITY_PAIRS) * len(OUT_TYPES) * 2 * len(schedules)
-    assert {(s.m, s.n, s.s) for s in specs} == set(TILES)
-    assert {(s.qg, s.kg) for s in specs} == set(GRANULARITY_PAIRS)
-    assert {s.d for s in specs} == {64, 128} and {s.o for s in specs} == set(OUT_TYPES)
-    assert {(s.qk, s.pv) for s in specs} == {("i8", "e4m3")}
+    # per P.V format: 2 head dims x tiles x scale-granularity pairs x output dtypes x causal, each with every
+    # schedule valid for the format (fp16 P.V has no MMA row sum): no other declared combination is dropped
+    for pv in PV_FORMATS:
+        mine = [s for s in specs if s.pv == pv]
+        schedules = {_schedule(s) for s in mine}
+        assert len(mine) == 2 * len(TILES) * len(GRANULARITY_PAIRS) * len(OUT_TYPES) * 2 * len(schedules)
+        assert {(s.m, s.n, s.s) for s in mine} == set(TILES)
+        assert {(s.qg, s.kg) for s in mine} == set(GRANULARITY_PAIRS)
+        assert {s.d for s in mine} == {64, 128} and {s.o for s in mine} == set(OUT_TYPES)
+        assert (("rowsum", "mma") in {kv for sch in schedules for kv in sch}) == (pv == "e4m3")
+    assert {(s.qk, s.pv) for s in specs} == {("i8", "e4m3"), ("i8", "f16")}
 
 
 def test_every_variant_fits_sm90a_and_its_tiles_divide_the_padding():
@@ -137,6 +141,15 @@ def test_every_variant_fits_sm90a_and_its_tiles_divide_the_padding():
 def test_shared_memory_grows_with_stages_and_head_dim():
     assert _base(s=2).smem_bytes() < _base(s=3).smem_bytes() < _base(s=4).smem_bytes()
     assert _base(d=64).smem_bytes() < _base(d=128).smem_bytes()
+    # fp16 V doubles the V tile of every stage
+    e4m3, f16 = _base(rowsum="fma"), _base(rowsum="fma", pv="f16")
+    assert f16.smem_bytes() - e4m3.smem_bytes() == f16.s * f16.n * f16.d
+
+
+def test_fp16_pv_reads_the_fp16_v_image_and_has_no_mma_row_sum():
+    assert _base().v_mode == "e4m3w" and _base(rowsum="fma", pv="f16").v_mode == "f16w"
+    with pytest.raises(InvalidVariant, match="rowsum=mma needs pv=e4m3"):
+        _base(rowsum="mma", pv="f16", overlap=True)
     assert _base().threads == 384  # one producer and two consumer warpgroups
 
 

@@ -26,8 +26,8 @@ def test_v_image_mode_has_its_own_name():
 @pytest.mark.parametrize("arch", DEFAULT_ARCHES)
 def test_variant_count_per_arch(arch):
     specs = enumerate_variants(arch)
-    # qkv: 2 dtypes x 4 V modes x 3 head dims; stats: 2 dtypes x (no V, FP8 V) x 3 head dims
-    assert sum(s.op == "qkv" for s in specs) == 2 * 4 * 3 and sum(s.op == "stats" for s in specs) == 2 * 2 * 3
+    # qkv: 2 dtypes x 5 V modes x 3 head dims; stats: 2 dtypes x (no V, FP8 V) x 3 head dims
+    assert sum(s.op == "qkv" for s in specs) == 2 * 5 * 3 and sum(s.op == "stats" for s in specs) == 2 * 2 * 3
 
 
 def test_stats_pass_exists_only_without_v_or_for_fp8_v():
@@ -35,6 +35,8 @@ def test_stats_pass_exists_only_without_v_or_for_fp8_v():
     assert {s.v for s in stats if s.op == "stats"} == {"none", "e4m3t"}
     with pytest.raises(InvalidVariant, match="stats"):
         QuantSpec(arch="sm80", op="stats", x="f16", v="f16", d=64)
+    with pytest.raises(InvalidVariant, match="stats"):  # the fp16 V image needs no V statistics either
+        QuantSpec(arch="sm80", op="stats", x="f16", v="f16w", d=64)
     with pytest.raises(InvalidVariant, match="e4m3t"):  # the V image needs the same V amax: one stats variant
         QuantSpec(arch="sm80", op="stats", x="f16", v="e4m3w", d=64)
 
