@@ -454,9 +454,9 @@ def attention(q, k, v, *, is_causal: bool = False, sm_scale: float | None = None
     is_causal: mask keys in the future. ``causal_alignment``: "bottom_right" (default; the FlashAttention >= 2.1 and
     SageAttention convention: the last query sees every key) or "top_left" (torch SDPA's is_causal: query i sees
     keys 0..i). They differ only when Nq != Nk. A query that sees no key gets output 0 and LSE -inf.
-    sm_scale: softmax scale, default 1/sqrt(d). precision: "fast" (default; INT8 Q.K^T + FP8 P.V, rel-L1 ~0.02 on
+    sm_scale: softmax scale, default 1/sqrt(d). precision: "fast" (default; INT8 Q.K^T + FP8 P.V, rel-L1 ~0.035 on
     N(0,1), on GPUs that have such a family: Hopper sm90a; elsewhere it runs the accurate kernel) or "accurate"
-    (INT8 Q.K^T + FP16 P.V, rel-L1 ~0.01).
+    (INT8 Q.K^T + FP16 P.V, rel-L1 ~0.01; on sm90a the wgmma family, elsewhere the mma.sync family).
     out_dtype: torch.float16 or torch.bfloat16, default q's dtype. return_lse: also return the log-sum-exp
     [B, Hq, Nq] fp32 (natural log). variant: run this attn_mma / attn_wgmma variant (name or spec) instead of the
     registry's choice. sdpa_fallback: None follows SAGEGEN_FORCE_KERNEL; False never calls torch SDPA (see module

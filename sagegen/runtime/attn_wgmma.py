@@ -31,7 +31,8 @@ def run_kernel(qz: Quantized, spec: AttnWgmmaSpec, *, q_shape, layout: str, B: i
     nq_pad, nk_pad = padded_len(qz.nq), padded_len(qz.nk)
     L.launch(spec, (nq_pad // spec.m, Hq, B), spec.threads, spec.smem_bytes(), idx, stream_handle(dev),
              qz.q8.data_ptr(), qz.q_scale.data_ptr(), qz.k8.data_ptr(), qz.k_scale.data_ptr(),
-             qz.v.data_ptr(), qz.v_scale.data_ptr(), out.data_ptr(), *bhnd_strides(out, layout),
+             qz.v.data_ptr(), qz.v_scale.data_ptr() if qz.v_scale is not None else 0, out.data_ptr(),
+             *bhnd_strides(out, layout),
              lse.data_ptr() if lse is not None else 0,
              L.i32(Hq), L.i32(Hkv), L.i32(qz.nq), L.i32(qz.nk), L.i32(nq_pad), L.i32(nk_pad), L.i32(qz.d),
              L.f32(sm_scale * LOG2E), L.i32(causal_offset))

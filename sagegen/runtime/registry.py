@@ -24,8 +24,9 @@ Heuristic (``heuristic``), used whenever nothing was measured for the key:
   * when the grid of 128-row tiles would not fill the GPU once (B*Hq*ceil(Nq/128) < SM count), the 64-row tile
     goes first: twice the CTAs beats the larger tile's reuse on a half-empty GPU.
   * torch SDPA (cuDNN) where it was measured faster than every sagegen kernel and computes the same thing
-    (``SDPA_FASTER``: arch -> (d, causal, largest key-length bucket); H100, B*H = 128, BENCHMARKS.md 2026-11-26:
-    at d=128 cuDNN wins up to 4k keys, at d=64 up to 8k), unless SDPA is not allowed (SAGEGEN_FORCE_KERNEL=1,
+    (``SDPA_FASTER``: (arch, precision) -> (d, causal, largest key-length bucket); H100, B*H = 128,
+    BENCHMARKS.md 2026-11-26: "fast" at d=128 loses to cuDNN up to 4k keys, at d=64 up to 8k; "accurate" up to 4k
+    (8k causal) at d=128 and 16k at d=64), unless SDPA is not allowed (SAGEGEN_FORCE_KERNEL=1,
     ``sdpa_fallback=False``) or cannot compute the call (GQA, LSE, another output dtype, causal with Nq != Nk).
     The result is then exact attention: never slower than cuDNN where it was measured, and more accurate.
 
@@ -69,28 +70,33 @@ GQA_BUCKET_MAX = 16
 PREFERRED_TILES = ((128, 32, 4, 2), (64, 64, 4, 2), (128, 64, 8, 2))
 SMALL_GRID_TILES = ((64, 64, 4, 2), (128, 32, 4, 2), (128, 64, 8, 2))
 GRANULARITY_ORDER = (("thread", "thread"), ("warp", "block"), ("block", "block"))
-# Where torch SDPA's cuDNN backend beat the registry's kernel end to end (NVIDIA H100, B=4, H=32, bf16; the
-# fast family's e2e vs cuDNN in BENCHMARKS.md): (d, causal) -> the largest key-length bucket where cuDNN won.
+# Where torch SDPA's cuDNN backend beat the registry's kernel end to end (NVIDIA H100, B=4, H=32, bf16; e2e vs
+# cuDNN in BENCHMARKS.md): (arch, precision) -> (d, causal) -> the largest key-length bucket where cuDNN won.
 SDPA_FASTER = {
     ("sm90a", "fast"): {(128, False): 4096, (128, True): 4096, (64, False): 8192, (64, True): 8192},
+    # FP16 P.V (scripts/wgmma_check.py --time, H100, 2026-11-26): at d=128 the kernel passes cuDNN from 8k keys
+    # (16k causal); at d=64 cuDNN stays ahead through 16k
+    ("sm90a", "accurate"): {(128, False): 4096, (128, True): 8192, (64, False): 16384, (64, True): 16384},
 }
 
-# (s, overlap, pingpong, rowsum) per (head dim, causal), best first (NVIDIA H100 / H200, B=4, H=32, N=8k-32k;
-# BENCHMARKS.md ablation). The MMA row sum wins at d=64 (+4-10%), ties at d=128 non-causal; ping-pong helps causal
-# d=128 only.
+# (s, overlap, pingpong, rowsum) per (P.V format, head dim, causal), best first (NVIDIA H100 / H200, B=4, H=32,
+# N=8k-32k; BENCHMARKS.md ablation). e4m3: the MMA row sum wins at d=64 (+4-10%), ties at d=128 non-causal;
+# ping-pong helps causal d=128 only. f16 (H100, N=8k/16k, scripts/wgmma_check.py --time): ping-pong wins everywhere
+# (d=128: 709-717 kernel TOPS with 3 stages against 641-663 without; d=64: 4 stages 468-480, 3 stages 462-473).
 _FREE_MMA = (3, True, False, "mma")
 _FREE_FMA = (3, True, False, "fma")
 _PP_MMA = (3, True, True, "mma")
 _PP_FMA = (3, True, True, "fma")
+_PP4_FMA = (4, True, True, "fma")
 WGMMA_PREFERRED = {
     ("e4m3", 128, False): (_FREE_MMA, _PP_FMA, _FREE_FMA, _PP_MMA, (4, True, True, "fma")),
     ("e4m3", 128, True): (_PP_FMA, _FREE_MMA, _PP_MMA, (4, True, True, "fma"), _FREE_FMA),
     ("e4m3", 64, False): (_FREE_MMA, _FREE_FMA, _PP_MMA, _PP_FMA),
     ("e4m3", 64, True): (_FREE_MMA, _FREE_FMA, _PP_MMA, _PP_FMA),
-    ("f16", 128, False): (_PP_FMA, _FREE_FMA),
-    ("f16", 128, True): (_PP_FMA, _FREE_FMA),
-    ("f16", 64, False): (_PP_FMA, _FREE_FMA),
-    ("f16", 64, True): (_PP_FMA, _FREE_FMA),
+    ("f16", 128, False): (_PP_FMA, _PP4_FMA, (4, True, False, "fma"), _FREE_FMA),
+    ("f16", 128, True): (_PP_FMA, _FREE_FMA, _PP4_FMA),
+    ("f16", 64, False): (_PP4_FMA, _PP_FMA),
+    ("f16", 64, True): (_PP_FMA, _PP4_FMA),
 }
 
 def bucket(n: int) -> int:

@@ -96,7 +96,8 @@ def errors(o, lse, ref, ref_lse, emu, emu_lse) -> dict:
     emu_r = emu.to(o.dtype)
     return {"exact": rel_l1(o, ref), "emul": rel_l1(o, emu_r), "round": rel_l1(emu_r, emu), "scheme": rel_l1(emu, ref),
             "lse_exact": lse_max_abs(lse, ref_lse) if lse is not None else 0.0,
-            "lse_emul": lse_max_abs(lse, emu_lse) if lse is not None else 0.0}
+            "lse_emul": lse_max_abs(lse, emu_lse) if lse is not None else 0.0,
+            "lse_scheme": lse_max_abs(emu_lse, ref_lse) if lse is not None else 0.0}
 
 
 class Report:

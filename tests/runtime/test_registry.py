@@ -427,12 +427,20 @@ def test_sdpa_rule_follows_the_measurements(d, causal, n, expect_sdpa):
     assert (choice.kind == "sdpa") == expect_sdpa
     if expect_sdpa:
         assert choice.backend == "cudnn" and choice.source == "heuristic"
-    # never when SDPA cannot compute the call, is not allowed, or the user asked for the accurate family
+    # never when SDPA cannot compute the call or is not allowed
     assert registry.choose(key, sdpa_ok=False).kind == "kernel"
     assert registry.choose(key, sdpa_ok=True, allow_sdpa=False).kind == "kernel"
-    accurate = registry.make_key(arch="sm90a", dtype="bf16", out="bf16", d=d, causal=causal, nq=n, nk=n,
-                                 batch_heads=128, precision="accurate")
-    assert registry.choose(accurate, sdpa_ok=True).kind == "kernel"
+
+
+@pytest.mark.parametrize("d,causal,n,expect_sdpa", [
+    (128, False, 4096, True), (128, False, 8192, False), (128, True, 8192, True), (128, True, 16384, False),
+    (64, False, 16384, True), (64, True, 16384, True), (64, False, 32768, False)])
+def test_accurate_sdpa_rule_follows_its_own_measurements(d, causal, n, expect_sdpa):
+    """The FP16-P.V kernels are slower than the FP8 ones: cuDNN stays ahead of them to longer lengths."""
+    key = registry.make_key(arch="sm90a", dtype="bf16", out="bf16", d=d, causal=causal, nq=n, nk=n,
+                            batch_heads=128, precision="accurate")
+    assert (registry.choose(key, sdpa_ok=True).kind == "sdpa") == expect_sdpa
+    assert registry.choose(key, sdpa_ok=True, allow_sdpa=False).kind == "kernel"
 
 
 def test_sdpa_rule_only_where_measured():
