@@ -52,9 +52,10 @@ def bhnd_strides(x: torch.Tensor, layout: str) -> tuple[int, int, int]:
 
 def _vector_ready(x: torch.Tensor) -> torch.Tensor:
     # The kernels read 16-byte vectors: last dim contiguous, base and row strides 16-byte aligned. Anything else
-    # is copied once here (documented in attention()'s docstring) rather than read wrongly.
+    # is copied once here (documented in attention()'s docstring) rather than read wrongly. A clone, not
+    # .contiguous(): a contiguous tensor at a misaligned offset (x.view(-1)[1:].view(...)) would come back as is.
     ok = x.stride(-1) == 1 and x.data_ptr() % 16 == 0 and all(s % 8 == 0 for s in x.stride()[:-1])
-    return x if ok else x.contiguous()
+    return x if ok else x.clone(memory_format=torch.contiguous_format)
 
 
 def quantize(q, k, v, *, layout: str, q_groups: ScaleGroups, k_groups: ScaleGroups, v_mode: str,

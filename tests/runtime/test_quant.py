@@ -63,6 +63,19 @@ def test_qk_image_rejects_head_dims_above_128(recorded, d):
     assert not recorded
 
 
+def test_inputs_not_vector_ready_are_copied_to_aligned_rows(recorded):
+    """A contiguous q at a base 2 bytes past a 16-byte boundary, and k in rows of 132 elements: both copied."""
+    q, k, v = _qkv(n=100, d=128)
+    shifted = torch.empty(q.numel() + 1, dtype=q.dtype)[1:].view(q.shape).copy_(q)
+    wide = torch.zeros(*k.shape[:-1], 132, dtype=k.dtype)[..., :128].copy_(k)
+    assert shifted.is_contiguous() and shifted.data_ptr() % 16 and wide.stride(2) == 132
+    quant.quantize(shifted, wide, v, layout="HND", q_groups=QG, k_groups=KG, v_mode="f16")
+    (_, _, stats_args), (_, _, args) = recorded
+    assert args[0] % 16 == 0 and args[0] != shifted.data_ptr()
+    assert stats_args[0] % 16 == 0 and args[4] == stats_args[0] != wide.data_ptr()
+    assert tuple(stats_args[1:4]) == tuple(args[5:8]) == (3 * 100 * 128, 100 * 128, 128)  # k's copy: contiguous
+
+
 # --- on the GPU: the image kernels write exactly the rearranged plain buffers -----------------------------------
 @pytest.fixture(scope="session")
 def quant_kernels(gpu_arch, session_cache_dir):
