@@ -2,7 +2,8 @@
 
 CPU tests run the real eager path of sagegen.attention on CPU tensors through ``fake_gpu``: the ops get CPU
 kernels (the same Python functions as their CUDA kernels), and the few things that need a GPU (arch, SM count,
-stream, the cuda.core launch) are replaced, the launches recorded instead of run.
+stream, the launch) are replaced, the launches recorded (their arguments packed as the real launch packs them)
+instead of run.
 
 GPU tests (``@pytest.mark.gpu``) share one kernel cache for the session (``$SAGEGEN_TEST_CACHE_DIR`` if set, so
 reruns on one machine skip compiling), and ``gpu_kernels`` compiles every variant of the device's arch once, in
@@ -69,7 +70,8 @@ def _fake_gpu(monkeypatch, arch: str):
 
     launches = Launches()
 
-    def fake_launch(spec, grid, block, smem, device, stream, *args):
+    def fake_launch(spec, params, grid, block, smem, device, stream, *args):
+        params.packer.pack(*args)  # what the real launch packs: the count and every value's range are checked
         launches.append((spec, grid, block, smem, args))
 
     monkeypatch.setattr(launch, "launch", fake_launch)

@@ -20,8 +20,8 @@ QG, KG = q_groups("thread", 128, 64), k_groups("thread", 128)  # what a wgmma ke
 def recorded(monkeypatch):
     """quantize() on CPU tensors as on an sm90a GPU; its launches recorded as (spec, grid, args), not run."""
     launches = []
-    monkeypatch.setattr(launch, "launch", lambda spec, grid, block, smem, dev, stream, *args:
-                        launches.append((spec, grid, args)))
+    monkeypatch.setattr(launch, "launch", lambda spec, params, grid, block, smem, dev, stream, *args:
+                        launches.append((spec, grid, args)) or params.packer.pack(*args))
     monkeypatch.setattr(quant, "device_arch", lambda idx: ARCHES["sm90a"])
     monkeypatch.setattr(quant, "stream_handle", lambda dev: 0)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
@@ -45,7 +45,7 @@ def test_image_launch_reuses_the_fp8_stats_and_passes_qk_image(recorded, qk_imag
     assert stats_args[-1] != 0  # V amax is computed
     assert len(args) == _param_count(qkv) and len(stats_args) == _param_count(stats)
     # q(4) k(4) v(4) Hq..nk_pad(7) q_tile q_sub k_tile k_sub splits, then qk_image
-    assert int(args[24]) == int(qk_image) and isinstance(args[24], launch.i32)
+    assert args[24] == int(qk_image) and quant.QKV_PARAMS.codes[24] == "i"
     assert z.v.shape == (2, 3, padded_len(1000) // 128, 128, 128) and z.v.dtype == torch.float8_e4m3fn
     assert z.v_scale.shape == (2, 3, 128) and z.q8.shape == z.k8.shape == (2, 3, 1024, 128)
 
