@@ -4,8 +4,8 @@ Per process: one cuda.core Kernel and one launchable handle per variant name, on
 (variant, device, size). Kernel arguments are packed by a ``Params`` declared next to each launch site (the kernel's
 C parameter list in short; tests/runtime/test_launch.py checks every declaration against the rendered kernels):
 one ``struct.pack_into`` into a per-thread buffer whose ``void*`` array goes to the driver as an int. cuda.core's
-own launch packed the same arguments through a Stream wrapper, a LaunchConfig and numpy scalars, ~10 us per launch
-on the H100 host (docs/perf-notes.md, "Host overhead at N=128").
+own launch, with a Stream wrapper, a LaunchConfig and numpy scalars, took ~12 us per launch under cProfile on the
+H200 host (docs/perf-notes.md, "Host overhead at N=128").
 """
 from __future__ import annotations
 
