@@ -2,10 +2,12 @@
 
 Hot path (eager): one tuple of Python scalars is built from the arguments (shapes, dtypes, devices, last-dim
 strides, flags) and looked up in ``_plans``. A hit skips validation and the registry entirely (the tuple
-determines every check), so a call costs the lookup plus the two op dispatches and their launches. A miss
-validates (TypeError / ValueError naming the argument, before any device work), asks the registry which variant
-runs, and caches the plan. Plans are dropped when the autotune table changes, and the dict is cleared when it
-reaches ``MAX_PLANS`` entries (workloads with ever-changing lengths must not grow it without bound).
+determines every check), so a call costs the lookup plus the plan's direct path (eager.py: the two ops'
+three launches without the op dispatches; the ops themselves where a call needs them, e.g. under a torch dispatch
+mode or the profiler). A miss validates (TypeError / ValueError naming the argument, before any device work), asks
+the registry which variant runs, and caches the plan. Plans are dropped when the autotune table changes, and the
+dict is cleared when it reaches ``MAX_PLANS`` entries (workloads with ever-changing lengths must not grow it
+without bound).
 
 Under torch.compile the same validation is traced and the variant is chosen once at trace time
 (``torch.compiler.assume_constant_result``), so the graph holds just the two custom ops: no graph break. With
@@ -29,7 +31,7 @@ import warnings
 import torch
 
 from ..quant_layout import padded_dim
-from . import ops, registry
+from . import eager, ops, registry
 from .attn_wgmma import V_MODES as WGMMA_V_MODES
 from .quant import v_mode_for
 from .registry import Choice
@@ -229,20 +231,27 @@ def _kernel_args(shape: Shape, spec) -> tuple:
 class Plan:
     """A shape's decision, ready to run: ``plan.run(q, k, v, sm_scale)``."""
 
-    __slots__ = ("shape", "choice", "scale", "args", "run")
+    __slots__ = ("shape", "choice", "scale", "args", "direct", "run")
 
     def __init__(self, shape: Shape, choice: Choice):
         self.shape, self.choice = shape, choice
         self.scale = 1.0 / math.sqrt(shape.d)
+        self.direct = None
         if choice.kind == "sdpa":
             self.args = (choice.backend, shape.layout, shape.causal)
             self.run = self._run_sdpa
         else:
             self.args = _kernel_args(shape, choice.spec)
-            self.run = self._run_kernel
+            self.direct = eager.runner(shape, choice.spec, self.args[5])
+            self.run = self._run_kernel if self.direct is None else self._run_direct
 
     def _run_kernel(self, q, k, v, scale):
         return _kernel_forward(q, k, v, scale, *self.args)
+
+    def _run_direct(self, q, k, v, scale):
+        """The ops' launches without the ops (eager.py), unless this call needs the ops."""
+        out = self.direct(q, k, v, scale)
+        return out if out is not None else _kernel_forward(q, k, v, scale, *self.args)
 
     def _run_sdpa(self, q, k, v, scale):
         return _sdpa_forward(q, k, v, *self.args, scale)

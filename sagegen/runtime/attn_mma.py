@@ -45,6 +45,30 @@ class Prepared:
         return p
 
 
+# Kernel parameters (templates/attn_mma), codes as in launch.Params: q8 q_scale k8 k_scale, v + (batch, head, token)
+# strides, o + strides, lse, Hq Hkv nq nk nq_pad nk_pad d v_rows, sm_scale_log2, causal_offset
+PARAMS = L.Params("pppp pqqq pqqq p iiiiiiii f i")
+
+
+class AttentionLaunch:
+    """The attention launch of one shape, everything but the per-call values fixed once (eager.py keeps one per
+    plan): ``launch(device, stream, q8, q_scale, k8, k_scale, v, v_strides, out, lse, sm_scale)``, addresses as
+    ints (lse 0: none), strides (batch, head, token) in elements."""
+
+    def __init__(self, spec: AttnMmaSpec, B: int, Hq: int, Hkv: int, nq: int, nk: int, d: int, v_rows: int,
+                 out_strides, causal_offset: int):
+        nq_pad, nk_pad = padded_len(nq), padded_len(nk)
+        self.spec, self.grid, self.threads, self.smem = spec, (nq_pad // spec.m, Hq, B), spec.threads, spec.smem_bytes()
+        self.out_strides, self.causal_offset = tuple(out_strides), causal_offset
+        self.ints = (Hq, Hkv, nq, nk, nq_pad, nk_pad, d, v_rows)
+
+    def __call__(self, device: int, stream: int, q8: int, q_scale: int, k8: int, k_scale: int, v: int, v_strides,
+                 out: int, lse: int, sm_scale: float) -> None:
+        L.launch(self.spec, PARAMS, self.grid, self.threads, self.smem, device, stream,
+                 q8, q_scale, k8, k_scale, v, *v_strides, out, *self.out_strides, lse,
+                 *self.ints, sm_scale * LOG2E, self.causal_offset)
+
+
 def run_kernel(p: Prepared, *, sm_scale: float, causal_offset: int = 0, return_lse: bool = False,
                out: torch.Tensor | None = None):
     spec, qz = p.spec, p.qz
@@ -52,13 +76,11 @@ def run_kernel(p: Prepared, *, sm_scale: float, causal_offset: int = 0, return_l
         out = torch.empty(p.q_shape, device=p.device, dtype=OUT_DTYPES[spec.o])
     lse = torch.empty(p.B, p.Hq, p.nq, device=p.device, dtype=torch.float32) if return_lse else None
     idx = p.device.index if p.device.index is not None else torch.cuda.current_device()
-    nq_pad, nk_pad = padded_len(p.nq), padded_len(p.nk)
-    L.launch(spec, (nq_pad // spec.m, p.Hq, p.B), spec.threads, spec.smem_bytes(), idx, stream_handle(p.device),
-             qz.q8.data_ptr(), qz.q_scale.data_ptr(), qz.k8.data_ptr(), qz.k_scale.data_ptr(),
-             p.v.data_ptr(), *p.v_strides, out.data_ptr(), *bhnd_strides(out, p.layout),
-             lse.data_ptr() if lse is not None else 0,
-             L.i32(p.Hq), L.i32(p.Hkv), L.i32(p.nq), L.i32(p.nk), L.i32(nq_pad), L.i32(nk_pad), L.i32(p.d),
-             L.i32(p.v_rows), L.f32(sm_scale * LOG2E), L.i32(causal_offset))
+    launch = AttentionLaunch(spec, p.B, p.Hq, p.Hkv, p.nq, p.nk, p.d, p.v_rows, bhnd_strides(out, p.layout),
+                             causal_offset)
+    launch(idx, stream_handle(p.device), qz.q8.data_ptr(), qz.q_scale.data_ptr(), qz.k8.data_ptr(),
+           qz.k_scale.data_ptr(), p.v.data_ptr(), p.v_strides, out.data_ptr(), lse.data_ptr() if lse is not None else 0,
+           sm_scale)
     if lse is not None:
         # K smoothing removed sm_scale * q . mean(k) from every logit of a row; put it back into the LSE.
         lse.add_(qz.qk_bias, alpha=sm_scale)

@@ -20,6 +20,30 @@ def quantize_for(q, k, v, spec: AttnWgmmaSpec, layout: str, return_lse: bool) ->
                     qk_image=True, with_qk_bias=return_lse)
 
 
+# Kernel parameters (templates/attn_wgmma), codes as in launch.Params: q8 q_scale k8 k_scale v8 v_scale,
+# o + (batch, head, token) strides, lse, Hq Hkv nq nk nq_pad nk_pad d, sm_scale_log2, causal_offset
+PARAMS = L.Params("pppppp pqqq p iiiiiii f i")
+
+
+class AttentionLaunch:
+    """The attention launch of one shape, everything but the per-call values fixed once (eager.py keeps one per
+    plan): ``launch(device, stream, q8, q_scale, k8, k_scale, v8, v_scale, out, lse, sm_scale)``, addresses as
+    ints (lse 0: none)."""
+
+    def __init__(self, spec: AttnWgmmaSpec, B: int, Hq: int, Hkv: int, nq: int, nk: int, d: int, out_strides,
+                 causal_offset: int):
+        nq_pad, nk_pad = padded_len(nq), padded_len(nk)
+        self.spec, self.grid, self.threads, self.smem = spec, (nq_pad // spec.m, Hq, B), spec.threads, spec.smem_bytes()
+        self.out_strides, self.causal_offset = tuple(out_strides), causal_offset
+        self.ints = (Hq, Hkv, nq, nk, nq_pad, nk_pad, d)
+
+    def __call__(self, device: int, stream: int, q8: int, q_scale: int, k8: int, k_scale: int, v8: int, v_scale: int,
+                 out: int, lse: int, sm_scale: float) -> None:
+        L.launch(self.spec, PARAMS, self.grid, self.threads, self.smem, device, stream,
+                 q8, q_scale, k8, k_scale, v8, v_scale, out, *self.out_strides, lse,
+                 *self.ints, sm_scale * LOG2E, self.causal_offset)
+
+
 def run_kernel(qz: Quantized, spec: AttnWgmmaSpec, *, q_shape, layout: str, B: int, Hq: int, Hkv: int,
                sm_scale: float, causal_offset: int = 0, return_lse: bool = False, out: torch.Tensor | None = None):
     """The attention launch over buffers quantize_for made. Returns (o in q's layout, lse or None)."""
@@ -28,14 +52,10 @@ def run_kernel(qz: Quantized, spec: AttnWgmmaSpec, *, q_shape, layout: str, B: i
         out = torch.empty(q_shape, device=dev, dtype=OUT_DTYPES[spec.o])
     lse = torch.empty(B, Hq, qz.nq, device=dev, dtype=torch.float32) if return_lse else None
     idx = dev.index if dev.index is not None else torch.cuda.current_device()
-    nq_pad, nk_pad = padded_len(qz.nq), padded_len(qz.nk)
-    L.launch(spec, (nq_pad // spec.m, Hq, B), spec.threads, spec.smem_bytes(), idx, stream_handle(dev),
-             qz.q8.data_ptr(), qz.q_scale.data_ptr(), qz.k8.data_ptr(), qz.k_scale.data_ptr(),
-             qz.v.data_ptr(), qz.v_scale.data_ptr() if qz.v_scale is not None else 0, out.data_ptr(),
-             *bhnd_strides(out, layout),
-             lse.data_ptr() if lse is not None else 0,
-             L.i32(Hq), L.i32(Hkv), L.i32(qz.nq), L.i32(qz.nk), L.i32(nq_pad), L.i32(nk_pad), L.i32(qz.d),
-             L.f32(sm_scale * LOG2E), L.i32(causal_offset))
+    launch = AttentionLaunch(spec, B, Hq, Hkv, qz.nq, qz.nk, qz.d, bhnd_strides(out, layout), causal_offset)
+    launch(idx, stream_handle(dev), qz.q8.data_ptr(), qz.q_scale.data_ptr(), qz.k8.data_ptr(), qz.k_scale.data_ptr(),
+           qz.v.data_ptr(), qz.v_scale.data_ptr() if qz.v_scale is not None else 0, out.data_ptr(),
+           lse.data_ptr() if lse is not None else 0, sm_scale)
     if lse is not None:
         # K smoothing removed sm_scale * q . mean(k) from every logit of a row; put it back into the LSE.
         lse.add_(qz.qk_bias, alpha=sm_scale)

@@ -1,10 +1,16 @@
-"""Load variants' cubins through cuda.core and launch them on torch's current stream.
+"""Load variants' cubins through cuda.core and launch them with cuLaunchKernel on torch's current stream.
 
-Per process: one cuda.core Kernel per variant name, one shared-memory opt-in per (variant, device), one
-cuda.core Stream wrapper per foreign stream handle. All dictionaries are keyed by Python scalars only.
+Per process: one cuda.core Kernel and one launchable handle per variant name, one shared-memory opt-in per
+(variant, device, size). Kernel arguments are packed by a ``Params`` declared next to each launch site (the kernel's
+C parameter list in short; tests/runtime/test_launch.py checks every declaration against the rendered kernels):
+one ``struct.pack_into`` into a per-thread buffer whose ``void*`` array goes to the driver as an int. cuda.core's
+own launch, with a Stream wrapper, a LaunchConfig and numpy scalars, took ~12 us per launch under cProfile on the
+H200 host (docs/perf-notes.md, "Host overhead at N=128").
 """
 from __future__ import annotations
 
+import ctypes
+import struct
 import threading
 
 import numpy as np
@@ -14,14 +20,59 @@ from ..variants.spec import KernelSpec
 
 _lock = threading.Lock()
 _kernels: dict[str, object] = {}
+_functions: dict[str, int] = {}
 _smem_done: set[tuple[str, int, int]] = set()
-_streams: dict[int, object] = {}
-_configs: dict[tuple, object] = {}
+_cu_launch = None  # cuda.bindings.driver.cuLaunchKernel, bound on the first load (import kept lazy)
 
-# cuda.core passes a Python int as a pointer-sized (64-bit) integer: right for pointers and `long long`
-# strides. 32-bit ints and floats must be numpy scalars (a Python float would go as a double).
+# Still accepted as arguments (struct packs numpy scalars too), but plain Python ints and floats are faster: the
+# Params of the launch, not the argument's type, decide the width.
 i32 = np.int32
 f32 = np.float32
+
+# Parameter codes: p pointer, q long long, i int, f float. Each parameter gets its own 8-byte slot (the driver
+# copies every parameter from its own address, sized by the kernel image), so one struct packs them all.
+_FORMATS = {"p": "Q", "q": "q", "i": "i4x", "f": "f4x"}
+SIZES = {"p": 8, "q": 8, "i": 4, "f": 4}
+C_TYPES = {"q": "long long", "i": "int", "f": "float"}  # and "p": any pointer
+SLOT = 8
+
+
+class Params:
+    """A kernel's parameter list, spelled as codes (spaces group them for the reader): "p qqq i f" is a pointer,
+    three long longs, an int and a float. Packing checks the count and each value's range (struct.error)."""
+
+    def __init__(self, spelled: str):
+        codes = spelled.replace(" ", "")
+        if not codes or set(codes) - set(_FORMATS):
+            raise ValueError(f"parameter codes must be p, q, i or f, got {spelled!r}")
+        self.spelled, self.codes = spelled, codes
+        self.packer = struct.Struct("=" + "".join(_FORMATS[c] for c in codes))
+        self._local = threading.local()  # the driver reads the buffer during the call: one buffer per thread
+
+    def __repr__(self) -> str:
+        return f"Params({self.spelled!r})"
+
+    def buffers(self) -> tuple[ctypes.Array, int]:
+        """This thread's parameter slots and the address of the void* array pointing at them."""
+        try:
+            return self._local.buffers
+        except AttributeError:
+            n = len(self.codes)
+            slots = (ctypes.c_uint64 * n)()
+            base = ctypes.addressof(slots)
+            argv = (ctypes.c_void_p * n)(*(base + SLOT * i for i in range(n)))
+            self._local.argv = argv  # keeps the array alive with the thread
+            self._local.buffers = b = (slots, ctypes.addressof(argv))
+            return b
+
+    def pack(self, args) -> int:
+        """Write ``args`` into this thread's slots; returns the void** address for cuLaunchKernel."""
+        try:
+            slots, argv = self._local.buffers
+        except AttributeError:
+            slots, argv = self.buffers()
+        self.packer.pack_into(slots, 0, *args)
+        return argv
 
 
 def kernel_for(spec: KernelSpec):
@@ -40,15 +91,30 @@ def kernel_for(spec: KernelSpec):
     return k
 
 
-def _raise_smem_limit(kernel, name: str, device: int, smem: int) -> None:
+def function_for(spec: KernelSpec) -> int:
+    """The handle cuLaunchKernel takes for a variant: cuda.core loads a library, so this is a CUkernel, which the
+    driver accepts cast to a CUfunction (launched in the context of the stream, or the current one for stream 0)."""
+    f = _functions.get(spec.name)
+    if f is None:
+        global _cu_launch
+        from cuda.bindings import driver
+
+        handle = int(kernel_for(spec).handle)
+        _cu_launch = driver.cuLaunchKernel  # bound before the handle is published: launch() reads both
+        f = _functions[spec.name] = handle
+    return f
+
+
+def _raise_smem_limit(spec: KernelSpec, device: int, smem: int) -> None:
     """Dynamic shared memory above 48 KB must be opted in, once per kernel and device."""
+    name = spec.name
     key = (name, device, smem)
-    if smem <= 48 * 1024 or key in _smem_done:
+    if key in _smem_done:
         return
     from cuda.bindings import driver
 
     attr = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-    handle = kernel.handle
+    handle = kernel_for(spec).handle
     if isinstance(handle, driver.CUkernel):
         (err,) = driver.cuKernelSetAttribute(attr, smem, handle, device)
     else:
@@ -58,33 +124,35 @@ def _raise_smem_limit(kernel, name: str, device: int, smem: int) -> None:
     _smem_done.add(key)
 
 
-def _stream(handle: int):
-    s = _streams.get(handle)
-    if s is None:
-        from cuda.core import Stream
-
-        s = _streams[handle] = Stream.from_handle(handle)
-    return s
-
-
-def launch(spec: KernelSpec, grid, block, smem: int, device: int, stream_handle: int, *args) -> None:
-    """Launch ``spec``'s kernel. Pointers and 64-bit ints are Python ints; `int`/`float` params numpy i32/f32."""
-    from cuda.core import launch as cu_launch
-
+def launch(spec: KernelSpec, params: Params, grid: tuple[int, int, int], block: int, smem: int, device: int,
+           stream: int, *args) -> None:
+    """Launch ``spec``'s kernel on ``stream`` (a raw handle) of ``device``; ``args`` follow ``params``."""
     name = spec.name
-    kernel = _kernels.get(name) or kernel_for(spec)
-    if smem > 48 * 1024:
-        _raise_smem_limit(kernel, name, device, smem)
-    cu_launch(_stream(stream_handle), _config(grid, block, smem), kernel, *args)
+    func = _functions.get(name) or function_for(spec)
+    if smem > 48 * 1024 and (name, device, smem) not in _smem_done:
+        _raise_smem_limit(spec, device, smem)
+    try:
+        argv = params.pack(args)
+    except struct.error as e:
+        raise TypeError(f"arguments of {name} do not match its parameters {params.spelled!r}: {e}") from None
+    (err,) = _cu_launch(func, grid[0], grid[1], grid[2], block, 1, 1, smem, stream, argv, 0)
+    if err and _bound_primary_context(err, device):
+        (err,) = _cu_launch(func, grid[0], grid[1], grid[2], block, 1, 1, smem, stream, argv, 0)
+    if err:  # CUresult is an int enum, CUDA_SUCCESS = 0
+        raise RuntimeError(f"cuLaunchKernel failed for {name} (grid {grid}, block {block}, {smem} bytes of "
+                           f"shared memory, device {device}): {getattr(err, 'name', err)}")
 
 
-def _config(grid, block, smem: int):
-    key = (grid, block, smem)
-    cfg = _configs.get(key)
-    if cfg is None:
-        from cuda.core import LaunchConfig
+def _bound_primary_context(err, device: int) -> bool:
+    """After CUDA_ERROR_INVALID_CONTEXT: make ``device``'s primary context (torch's) current in this thread and
+    say whether that worked. A CUkernel on the legacy default stream (handle 0) launches in the current context, and
+    a thread whose torch calls were all served without a CUDA runtime call (cached allocations) may have none."""
+    from cuda.bindings import driver
 
-        if len(_configs) > 4096:  # shapes are unbounded; configs are cheap to rebuild
-            _configs.clear()
-        cfg = _configs[key] = LaunchConfig(grid=grid, block=block, shmem_size=smem)
-    return cfg
+    if err != driver.CUresult.CUDA_ERROR_INVALID_CONTEXT:
+        return False
+    err, ctx = driver.cuDevicePrimaryCtxRetain(driver.CUdevice(device))
+    if err != driver.CUresult.CUDA_SUCCESS:
+        return False
+    (err,) = driver.cuCtxSetCurrent(ctx)
+    return err == driver.CUresult.CUDA_SUCCESS

@@ -5,6 +5,7 @@ Outputs follow sagegen.quant_layout; the torch emulation in sagegen.reference pr
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -13,6 +14,7 @@ from ..quant_layout import N_ALIGN, QK_IMAGE_DIMS, V_SLAB, ScaleGroups, padded_d
 from ..variants.quant import QuantSpec
 from . import launch as L
 from .device import device_arch, stream_handle
+from .workspace import carve
 
 _X_TAG = {torch.float16: "f16", torch.bfloat16: "bf16"}
 _STATS_SPLITS = 16  # partial sums per (batch, head): enough CTAs to fill the GPU, few for the qkv pass to add
@@ -57,9 +59,10 @@ def bhnd_strides(x: torch.Tensor, layout: str) -> tuple[int, int, int]:
 
 def _vector_ready(x: torch.Tensor) -> torch.Tensor:
     # The kernels read 16-byte vectors: last dim contiguous, base and row strides 16-byte aligned. Anything else
-    # is copied once here (documented in attention()'s docstring) rather than read wrongly.
+    # is copied once here (documented in attention()'s docstring) rather than read wrongly. A clone, not
+    # .contiguous(): a contiguous tensor at a misaligned offset (x.view(-1)[1:].view(...)) would come back as is.
     ok = x.stride(-1) == 1 and x.data_ptr() % 16 == 0 and all(s % 8 == 0 for s in x.stride()[:-1])
-    return x if ok else x.contiguous()
+    return x if ok else x.clone(memory_format=torch.contiguous_format)
 
 
 def quantize(q, k, v, *, layout: str, q_groups: ScaleGroups, k_groups: ScaleGroups, v_mode: str,
@@ -72,56 +75,98 @@ def quantize(q, k, v, *, layout: str, q_groups: ScaleGroups, k_groups: ScaleGrou
     nd = 2 if layout == "HND" else 1
     B, Hq, nq, d = q.shape[0], q.shape[hd], q.shape[nd], q.shape[3]
     Hkv, nk = k.shape[hd], k.shape[nd]
-    D = padded_dim(d)
-    if qk_image and D not in QK_IMAGE_DIMS:
-        raise ValueError(f"qk_image needs d <= 128 (no operand image for padded head dim {D}), got d={d}")
-    nq_pad, nk_pad = padded_len(nq), padded_len(nk)
     dev = q.device
     idx = dev.index if dev.index is not None else torch.cuda.current_device()
-    arch = device_arch(idx).name
-    x = _X_TAG[q.dtype]
-    stream = stream_handle(dev)
-    i32 = L.i32
+    p = quant_plan(device_arch(idx).name, _X_TAG[q.dtype], B, Hq, Hkv, nq, nk, d, q_groups, k_groups, v_mode,
+                   with_qk_bias, qk_image)
+    # One tensor per buffer here: the op returns them (see workspace.py for the eager path's single allocation).
+    out = {name: torch.empty(shape, device=dev, dtype=dtype) for name, (shape, dtype) in p.buffers.items()}
+    ptrs = [out[name].data_ptr() if name in out else 0 for name in BUFFERS]
+    p.launch(idx, stream_handle(dev), q.data_ptr(), bhnd_strides(q, layout), k.data_ptr(), bhnd_strides(k, layout),
+             v.data_ptr(), bhnd_strides(v, layout), *ptrs)
+    return Quantized(out["q8"], out["q_scale"], out["k8"], out["k_scale"], out.get("v"), out.get("v_scale"),
+                     out.get("qk_bias"), nq, nk, d, p.D)
 
-    rows_per_split = max(N_ALIGN, -(-nk // _STATS_SPLITS))
-    splits = -(-nk // rows_per_split)
-    ksum = torch.empty(B, Hkv, splits, D, device=dev, dtype=torch.float32)
-    fp8_v = v_mode == "e4m3t" or v_mode == "e4m3w"
-    vamax = torch.empty_like(ksum) if fp8_v else None
-    stats = _quant_spec(arch, "stats", x, "e4m3t" if fp8_v else "none", D)  # e4m3w needs the same V amax
-    ks, vs = bhnd_strides(k, layout), bhnd_strides(v, layout)
-    L.launch(stats, (splits, Hkv, B), QuantSpec.THREADS, 0, idx, stream,
-             k.data_ptr(), *ks, v.data_ptr(), *vs,
-             i32(Hkv), i32(nk), i32(d), i32(rows_per_split), ksum.data_ptr(),
-             vamax.data_ptr() if vamax is not None else 0)
 
-    q8 = torch.empty(B, Hq, nq_pad, D, device=dev, dtype=torch.int8)
-    k8 = torch.empty(B, Hkv, nk_pad, D, device=dev, dtype=torch.int8)
-    q_scale = torch.empty(B, Hq, q_groups.count(nq), device=dev, dtype=torch.float32)
-    k_scale = torch.empty(B, Hkv, k_groups.count(nk), device=dev, dtype=torch.float32)
+# Kernel parameters of the two passes (templates/quant/quant.cu.j2), codes as in launch.Params.
+# stats: k + (batch, head, token) strides, v + strides, H n d rows_per_split, ksum vamax
+STATS_PARAMS = L.Params("pqqq pqqq iiii pp")
+# qkv: q, k, v + strides, Hq Hkv nq nk d nq_pad nk_pad q_tile q_sub k_tile k_sub splits qk_image, ksum vamax,
+# q8 q_scale k8 k_scale v_out v_scale qk_bias
+QKV_PARAMS = L.Params("pqqq pqqq pqqq iiiiiiiiiiiii pp ppppppp")
+# The buffers the passes use, in QuantPlan.launch's order; quantize() and eager.py pass their addresses (0: absent).
+BUFFERS = ("ksum", "vamax", "q8", "q_scale", "k8", "k_scale", "v", "v_scale", "qk_bias")
+
+
+def _v_buffers(v_mode: str, B: int, Hkv: int, nk_pad: int, D: int) -> dict:
+    """The V buffers (shape, dtype) a V mode writes."""
     if v_mode == "f16":
-        v_out, v_scale = torch.empty(B, Hkv, nk_pad, D, device=dev, dtype=torch.float16), None
-    elif v_mode == "e4m3t":
-        v_out = torch.empty(B, Hkv, D, nk_pad, device=dev, dtype=torch.float8_e4m3fn)
-        v_scale = torch.empty(B, Hkv, D, device=dev, dtype=torch.float32)
-    elif v_mode == "e4m3w":
-        v_out = torch.empty(B, Hkv, nk_pad // N_ALIGN, D, N_ALIGN, device=dev, dtype=torch.float8_e4m3fn)
-        v_scale = torch.empty(B, Hkv, D, device=dev, dtype=torch.float32)
-    elif v_mode == "f16w":
-        v_out, v_scale = torch.empty(v_f16_image_shape(B, Hkv, nk_pad, D), device=dev, dtype=torch.float16), None
-    else:
-        v_out, v_scale = None, None
-    qk_bias = torch.empty(B, Hq, nq, device=dev, dtype=torch.float32) if with_qk_bias else None
-    qkv = _quant_spec(arch, "qkv", x, v_mode, D)
-    items = max(Hq * nq_pad, Hkv * nk_pad) // N_ALIGN
-    qs = bhnd_strides(q, layout)
-    L.launch(qkv, (items, 3, B), QuantSpec.THREADS, 0, idx, stream,
-             q.data_ptr(), *qs, k.data_ptr(), *ks, v.data_ptr(), *vs,
-             i32(Hq), i32(Hkv), i32(nq), i32(nk), i32(d), i32(nq_pad), i32(nk_pad),
-             i32(q_groups.tile), i32(q_groups.sub), i32(k_groups.tile), i32(k_groups.sub), i32(splits),
-             i32(1 if qk_image else 0),
-             ksum.data_ptr(), vamax.data_ptr() if vamax is not None else 0,
-             q8.data_ptr(), q_scale.data_ptr(), k8.data_ptr(), k_scale.data_ptr(),
-             v_out.data_ptr() if v_out is not None else 0, v_scale.data_ptr() if v_scale is not None else 0,
-             qk_bias.data_ptr() if qk_bias is not None else 0)
-    return Quantized(q8, q_scale, k8, k_scale, v_out, v_scale, qk_bias, nq, nk, d, D)
+        return {"v": ((B, Hkv, nk_pad, D), torch.float16)}
+    if v_mode == "e4m3t":
+        return {"v": ((B, Hkv, D, nk_pad), torch.float8_e4m3fn), "v_scale": ((B, Hkv, D), torch.float32)}
+    if v_mode == "e4m3w":
+        return {"v": ((B, Hkv, nk_pad // N_ALIGN, D, N_ALIGN), torch.float8_e4m3fn),
+                "v_scale": ((B, Hkv, D), torch.float32)}
+    if v_mode == "f16w":
+        return {"v": (v_f16_image_shape(B, Hkv, nk_pad, D), torch.float16)}
+    if v_mode == "none":
+        return {}
+    raise ValueError(f"unknown v_mode {v_mode!r}")
+
+
+class QuantPlan:
+    """What the two passes need for one shape: variants, grids, scalar arguments, and the buffers they write
+    (``buffers``: name -> (shape, dtype)), also laid out in one workspace (``offsets``, ``workspace_bytes``: every
+    buffer but qk_bias, which the LSE correction reads as a tensor). Built once per shape (quant_plan)."""
+
+    def __init__(self, arch: str, x: str, B: int, Hq: int, Hkv: int, nq: int, nk: int, d: int,
+                 q_groups: ScaleGroups, k_groups: ScaleGroups, v_mode: str, with_qk_bias: bool, qk_image: bool):
+        D = padded_dim(d)
+        if qk_image and D not in QK_IMAGE_DIMS:
+            raise ValueError(f"qk_image needs d <= 128 (no operand image for padded head dim {D}), got d={d}")
+        nq_pad, nk_pad = padded_len(nq), padded_len(nk)
+        rows_per_split = max(N_ALIGN, -(-nk // _STATS_SPLITS))
+        splits = -(-nk // rows_per_split)
+        fp8_v = v_mode == "e4m3t" or v_mode == "e4m3w"
+        self.D = D
+        self.stats = _quant_spec(arch, "stats", x, "e4m3t" if fp8_v else "none", D)  # e4m3w: the same V amax
+        self.qkv = _quant_spec(arch, "qkv", x, v_mode, D)
+        self.stats_grid = (splits, Hkv, B)
+        self.stats_ints = (Hkv, nk, d, rows_per_split)
+        self.qkv_grid = (max(Hq * nq_pad, Hkv * nk_pad) // N_ALIGN, 3, B)
+        self.qkv_ints = (Hq, Hkv, nq, nk, d, nq_pad, nk_pad, q_groups.tile, q_groups.sub, k_groups.tile,
+                         k_groups.sub, splits, 1 if qk_image else 0)
+        f32 = torch.float32
+        buffers = {"ksum": ((B, Hkv, splits, D), f32)}
+        if fp8_v:
+            buffers["vamax"] = ((B, Hkv, splits, D), f32)
+        buffers["q8"] = ((B, Hq, nq_pad, D), torch.int8)
+        buffers["q_scale"] = ((B, Hq, q_groups.count(nq)), f32)
+        buffers["k8"] = ((B, Hkv, nk_pad, D), torch.int8)
+        buffers["k_scale"] = ((B, Hkv, k_groups.count(nk)), f32)
+        buffers.update(_v_buffers(v_mode, B, Hkv, nk_pad, D))
+        if with_qk_bias:
+            buffers["qk_bias"] = ((B, Hq, nq), f32)
+        self.buffers = buffers
+        inner = [name for name in BUFFERS if name in buffers and name != "qk_bias"]
+        offsets, self.workspace_bytes = carve([_nbytes(*buffers[name]) for name in inner])
+        self.offsets = dict(zip(inner, offsets))
+
+    def launch(self, device: int, stream: int, q: int, qs, k: int, ks, v: int, vs, ksum: int, vamax: int, q8: int,
+               q_scale: int, k8: int, k_scale: int, v_out: int, v_scale: int, qk_bias: int) -> None:
+        """Both passes on ``stream``. q, k, v and the buffers are device addresses (0: absent); qs, ks, vs the
+        inputs' (batch, head, token) strides in elements."""
+        L.launch(self.stats, STATS_PARAMS, self.stats_grid, QuantSpec.THREADS, 0, device, stream,
+                 k, *ks, v, *vs, *self.stats_ints, ksum, vamax)
+        L.launch(self.qkv, QKV_PARAMS, self.qkv_grid, QuantSpec.THREADS, 0, device, stream,
+                 q, *qs, k, *ks, v, *vs, *self.qkv_ints, ksum, vamax, q8, q_scale, k8, k_scale, v_out, v_scale, qk_bias)
+
+
+def _nbytes(shape, dtype) -> int:
+    return math.prod(shape) * dtype.itemsize
+
+
+@functools.lru_cache(maxsize=1024)
+def quant_plan(arch: str, x: str, B: int, Hq: int, Hkv: int, nq: int, nk: int, d: int, q_groups: ScaleGroups,
+               k_groups: ScaleGroups, v_mode: str, with_qk_bias: bool, qk_image: bool) -> QuantPlan:
+    return QuantPlan(arch, x, B, Hq, Hkv, nq, nk, d, q_groups, k_groups, v_mode, with_qk_bias, qk_image)

@@ -2,7 +2,9 @@
 
 CPU tests run the real eager path of sagegen.attention on CPU tensors through ``fake_gpu``: the ops get CPU
 kernels (the same Python functions as their CUDA kernels), and the few things that need a GPU (arch, SM count,
-stream, the cuda.core launch) are replaced, the launches recorded instead of run.
+stream, the launch) are replaced, the launches recorded (their arguments packed as the real launch packs them)
+instead of run. ``fake_gpu_direct`` / ``fake_hopper_direct`` run attention()'s direct path (eager.py) instead of
+the ops.
 
 GPU tests (``@pytest.mark.gpu``) share one kernel cache for the session (``$SAGEGEN_TEST_CACHE_DIR`` if set, so
 reruns on one machine skip compiling), and ``gpu_kernels`` compiles every variant of the device's arch once, in
@@ -69,7 +71,8 @@ def _fake_gpu(monkeypatch, arch: str):
 
     launches = Launches()
 
-    def fake_launch(spec, grid, block, smem, device, stream, *args):
+    def fake_launch(spec, params, grid, block, smem, device, stream, *args):
+        params.packer.pack(*args)  # what the real launch packs: the count and every value's range are checked
         launches.append((spec, grid, block, smem, args))
 
     monkeypatch.setattr(launch, "launch", fake_launch)
@@ -100,6 +103,30 @@ def fake_gpu(monkeypatch):
     yield launches
     lib._destroy()
     api.clear_plans()
+
+
+def _direct_path(monkeypatch):
+    """Let attention() take its eager direct path (runtime/eager.py) on the fake GPU's CPU tensors."""
+    from sagegen.runtime import api, eager
+
+    monkeypatch.setattr(eager, "DEVICE_TYPES", ("cuda", "cpu"))
+    monkeypatch.setattr(eager, "current_device", lambda: 0)
+    monkeypatch.setattr(eager, "current_stream_handle", lambda idx: 0)
+    api.clear_plans()
+
+
+@pytest.fixture
+def fake_gpu_direct(fake_gpu, monkeypatch):
+    """fake_gpu (sm89) with attention() on its direct path instead of the ops."""
+    _direct_path(monkeypatch)
+    return fake_gpu
+
+
+@pytest.fixture
+def fake_hopper_direct(fake_hopper, monkeypatch):
+    """fake_hopper (sm90a) with attention() on its direct path instead of the ops."""
+    _direct_path(monkeypatch)
+    return fake_hopper
 
 
 @pytest.fixture

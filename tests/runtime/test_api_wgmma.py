@@ -6,14 +6,13 @@ from __future__ import annotations
 import math
 import re
 
-import numpy as np
 import pytest
 import torch
 
 import sagegen
 from sagegen.quant_layout import padded_len
 from sagegen.render import render
-from sagegen.runtime import api, registry
+from sagegen.runtime import api, attn_wgmma, quant, registry
 from sagegen.variants.attn_mma import AttnMmaSpec
 from sagegen.variants.attn_wgmma import AttnWgmmaSpec, enumerate_variants
 
@@ -43,7 +42,7 @@ def test_default_precision_on_sm90a_runs_the_wgmma_family(fake_hopper, layout, n
     (stats, *_), (qkv, _, _, _, qargs) = fake_hopper[0], qkv_launch(fake_hopper)
     assert stats.v == "e4m3t"  # V amax for its FP8 scales (the image needs the same ones)
     assert qkv.v == "e4m3w" and qkv.d == (64 if d <= 64 else 128)
-    assert isinstance(qargs[24], np.int32) and int(qargs[24]) == 1  # qk_image: Q and K in their operand image
+    assert qargs[24] == 1 and quant.QKV_PARAMS.codes[24] == "i"  # qk_image: Q and K in their operand image
     spec, grid, block, smem, args = fake_hopper.attn()[0]
     assert spec == registry.heuristic(api.inspect_inputs(q, k, v, tensor_layout=layout).key(), sm_count=132)
     assert spec.d == (64 if d <= 64 else 128) and spec.o == "bf16" and not spec.causal
@@ -61,20 +60,20 @@ def _kernel_params(spec) -> list[tuple[str, str]]:
 
 
 def test_launch_arguments_match_the_kernel_signature(fake_hopper):
-    """cuda.core passes Python ints as 64-bit values: pointers and long long must be ints, int and float
-    parameters numpy int32 / float32 (anything else would shift every later argument)."""
+    """The arguments follow the kernel's parameters: attn_wgmma.PARAMS declares them (test_launch.py checks it
+    against every rendered variant), and each value has the Python type its code packs without conversion."""
     q, k, v = inputs(layout="NHD", dtype=F16)
     o, lse = sagegen.attention(q, k, v, tensor_layout="NHD", return_lse=True, is_causal=True)
     spec, *_, args = fake_hopper.attn()[0]
     params = _kernel_params(spec)
-    assert len(args) == len(params)
-    for (ctype, _), a in zip(params, args):
+    assert len(args) == len(params) == len(attn_wgmma.PARAMS.codes)
+    for (ctype, _), code, a in zip(params, attn_wgmma.PARAMS.codes, args):
         if "*" in ctype or ctype == "long long":
-            assert type(a) is int, (ctype, a)
+            assert code in "pq" and type(a) is int, (ctype, a)
         elif ctype == "int":
-            assert isinstance(a, np.int32), (ctype, a)
+            assert code == "i" and type(a) is int, (ctype, a)
         elif ctype == "float":
-            assert isinstance(a, np.float32), (ctype, a)
+            assert code == "f" and type(a) is float, (ctype, a)
         else:
             pytest.fail(f"unexpected parameter type {ctype}")
     named = {name: a for (_, name), a in zip(params, args)}

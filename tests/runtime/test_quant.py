@@ -22,8 +22,8 @@ QG, KG = q_groups("thread", 128, 64), k_groups("thread", 128)  # what a wgmma ke
 def recorded(monkeypatch):
     """quantize() on CPU tensors as on an sm90a GPU; its launches recorded as (spec, grid, args), not run."""
     launches = []
-    monkeypatch.setattr(launch, "launch", lambda spec, grid, block, smem, dev, stream, *args:
-                        launches.append((spec, grid, args)))
+    monkeypatch.setattr(launch, "launch", lambda spec, params, grid, block, smem, dev, stream, *args:
+                        launches.append((spec, grid, args)) or params.packer.pack(*args))
     monkeypatch.setattr(quant, "device_arch", lambda idx: ARCHES["sm90a"])
     monkeypatch.setattr(quant, "stream_handle", lambda dev: 0)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
@@ -47,7 +47,7 @@ def test_image_launch_reuses_the_fp8_stats_and_passes_qk_image(recorded, qk_imag
     assert stats_args[-1] != 0  # V amax is computed
     assert len(args) == _param_count(qkv) and len(stats_args) == _param_count(stats)
     # q(4) k(4) v(4) Hq..nk_pad(7) q_tile q_sub k_tile k_sub splits, then qk_image
-    assert int(args[24]) == int(qk_image) and isinstance(args[24], launch.i32)
+    assert args[24] == int(qk_image) and quant.QKV_PARAMS.codes[24] == "i"
     assert z.v.shape == (2, 3, padded_len(1000) // 128, 128, 128) and z.v.dtype == torch.float8_e4m3fn
     assert z.v_scale.shape == (2, 3, 128) and z.q8.shape == z.k8.shape == (2, 3, 1024, 128)
 
@@ -70,6 +70,19 @@ def test_qk_image_rejects_head_dims_above_128(recorded, d):
     with pytest.raises(ValueError, match="qk_image"):
         quant.quantize(*_qkv(n=128, d=d), layout="HND", q_groups=QG, k_groups=KG, v_mode="e4m3w", qk_image=True)
     assert not recorded
+
+
+def test_inputs_not_vector_ready_are_copied_to_aligned_rows(recorded):
+    """A contiguous q at a base 2 bytes past a 16-byte boundary, and k in rows of 132 elements: both copied."""
+    q, k, v = _qkv(n=100, d=128)
+    shifted = torch.empty(q.numel() + 1, dtype=q.dtype)[1:].view(q.shape).copy_(q)
+    wide = torch.zeros(*k.shape[:-1], 132, dtype=k.dtype)[..., :128].copy_(k)
+    assert shifted.is_contiguous() and shifted.data_ptr() % 16 and wide.stride(2) == 132
+    quant.quantize(shifted, wide, v, layout="HND", q_groups=QG, k_groups=KG, v_mode="f16")
+    (_, _, stats_args), (_, _, args) = recorded
+    assert args[0] % 16 == 0 and args[0] != shifted.data_ptr()
+    assert stats_args[0] % 16 == 0 and args[4] == stats_args[0] != wide.data_ptr()
+    assert tuple(stats_args[1:4]) == tuple(args[5:8]) == (3 * 100 * 128, 100 * 128, 128)  # k's copy: contiguous
 
 
 # --- on the GPU: the image kernels write exactly the rearranged plain buffers -----------------------------------

@@ -1,5 +1,5 @@
-"""The GPU scripts' CPU-checkable parts: scripts/bench.py's arithmetic, table and chart, and the variants
-scripts/sanitize_small.py picks."""
+"""The GPU scripts' CPU-checkable parts: scripts/bench.py's arithmetic, table and chart, the variants
+scripts/sanitize_small.py picks, and the host-overhead scripts' command lines."""
 from __future__ import annotations
 
 import importlib.util
@@ -123,3 +123,15 @@ def test_sanitize_wgmma_variants_are_the_heuristic_choices_and_every_schedule():
     for spec in specs:
         assert any((c[5] <= 64) == (spec.d == 64) and c[7] == spec.causal for c in san.CASES), spec.name
     sys.modules.pop("_script_sanitize_small", None)
+
+
+def test_host_overhead_cpu_runs(capsys):
+    load("host_overhead_cpu").main(["--calls", "20"])
+    out = capsys.readouterr().out
+    assert "ops path" in out and "direct path" in out and "34 parameters" in out
+
+
+def test_overhead_profile_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        load("overhead_profile").main(["--help"])
+    assert e.value.code == 0 and "--lse" in capsys.readouterr().out
