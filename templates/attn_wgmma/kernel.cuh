@@ -159,7 +159,11 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
   float alpha[1][2], alpha_next[1][2];
 
   auto stage_of = [](int j) { return j % C::kStages; };
+  // Block j's K scale (this thread's group), loaded when its Q.K^T is issued: the global load's latency (an L2
+  // hit, hundreds of cycles) then hides under the MMA instead of stalling the softmax that needs it.
+  float k_scale = 0.f;
   auto issue_qk = [&](int j) {  // S = bias + Q.K^T (s32) for block j, once its stage has landed
+    k_scale = p.k_scale[bhk * k_groups + attn::scale_group(j * C::kBlockN + 2 * tq, C::kKTile, C::kKSub)];
     const int s = stage_of(j);
     sm90::mbar_wait(&sm.full[s], (j / C::kStages) & 1);
     const uint32_t k_addr = sm90::smem_u32(sm.k + s * C::kTileK);
@@ -179,7 +183,6 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
     const int col0 = j * C::kBlockN + 2 * tq;
     if (attn::block_needs_mask<C::kCausal, C::kBlockN>(j, wg_m0, p.nk, p.causal_offset))
       attn::apply_mask<C::kCausal, kNChunks>(sc, row0, col0, p.nk, p.causal_offset);
-    const float k_scale = p.k_scale[bhk * k_groups + attn::scale_group(col0, C::kKTile, C::kKSub)];
     // A NaN scale (NaN inputs) must survive the floor: the comparison is false for NaN.
     const float qk = q_scale * k_scale, scale = qk < attn::kMinScale ? attn::kMinScale : qk;
     const float scales[1][2] = {{scale, scale}};
