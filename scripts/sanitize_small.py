@@ -3,6 +3,7 @@
     compute-sanitizer --tool memcheck python3 scripts/sanitize_small.py          # ~16 attn_mma variants
     compute-sanitizer --tool racecheck python3 scripts/sanitize_small.py --few   # 4 variants (racecheck is slow)
     ... scripts/sanitize_small.py --family attn_wgmma [--few]                   # the sm90a wgmma family
+    ... scripts/sanitize_small.py --filter 'attn_wgmma_*_m192_*'                 # the variants matching a glob
 
 Tiny shapes put every tail in play: N = 1, 17, 130 (not multiples of any tile), nq > nk with bottom-right causal
 (rows that see no key), GQA, NHD, d = 72 (padded to 128) and 64. Compiles first (outside any CUDA work), then runs
@@ -87,6 +88,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--few", action="store_true", help="only the heuristic's four variants")
     ap.add_argument("--family", choices=("attn_mma", "attn_wgmma"), default="attn_mma")
+    ap.add_argument("--filter", help="instead: the bf16-output variants matching this glob (e.g. '*_m192_*')")
     args = ap.parse_args(argv)
 
     import torch
@@ -98,7 +100,10 @@ def main(argv=None) -> int:
     from sagegen.variants import select
 
     arch = device_arch(torch.cuda.current_device()).name
-    specs = (pick_wgmma_variants if args.family == "attn_wgmma" else pick_variants)(arch, args.few)
+    if args.filter:
+        specs = [s for s in select([arch], args.filter) if s.family.startswith("attn_") and s.o == "bf16"]
+    else:
+        specs = (pick_wgmma_variants if args.family == "attn_wgmma" else pick_variants)(arch, args.few)
     res = build(specs + select([arch], "quant_*"), out_dir=default_out_dir(), jobs=os.cpu_count(), progress=False)
     if not res.ok:
         print("build failed:", *res.failed.items(), sep="\n")

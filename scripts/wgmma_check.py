@@ -51,7 +51,8 @@ def check(spec, B, Hq, Hkv, nq, nk, d, layout, dtype, offset, gen, kind):
     ro, rl = attention_exact(q, k, v, causal=spec.causal, causal_align="bottom_right", layout=layout,
                              dtype=torch.float32)
     eo, _ = sage2_attention(q, k, v, causal=spec.causal, causal_align="bottom_right", layout=layout,
-                            granularity=GRAN[(spec.qg, spec.kg)], block_m=spec.m, warp_m=16, block_n=spec.n,
+                            granularity=GRAN[(spec.qg, spec.kg)], block_m=spec.m if spec.qg == "block" else 32,
+                            warp_m=16, block_n=spec.n,
                             pv="fp8" if spec.pv == "e4m3" else "fp16", pv_accum="fp32",
                             row_sum="pv" if spec.rowsum == "mma" else "p")
     fin = torch.isfinite(rl)

@@ -33,7 +33,9 @@ class AttentionLaunch:
     def __init__(self, spec: AttnWgmmaSpec, B: int, Hq: int, Hkv: int, nq: int, nk: int, d: int, out_strides,
                  causal_offset: int):
         nq_pad, nk_pad = padded_len(nq), padded_len(nk)
-        self.spec, self.grid, self.threads, self.smem = spec, (nq_pad // spec.m, Hq, B), spec.threads, spec.smem_bytes()
+        # ceil: a 192-row CTA tiles a multiple of 128 rows with a partial last CTA (the kernel copes)
+        self.spec, self.grid = spec, (-(-nq_pad // spec.m), Hq, B)
+        self.threads, self.smem = spec.threads, spec.smem_bytes()
         self.out_strides, self.causal_offset = tuple(out_strides), causal_offset
         self.ints = (Hq, Hkv, nq, nk, nq_pad, nk_pad, d)
 

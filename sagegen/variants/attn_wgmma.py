@@ -16,8 +16,10 @@ from .spec import KernelSpec, build_valid, flag, prefix, word
 
 OUT_TYPES = {"f16": "__half", "bf16": "__nv_bfloat16"}
 WARPGROUP_ROWS = 64  # rows of one m64nNk32 wgmma: what one consumer warpgroup owns
-# (m, n, s): CTA rows, keys per step, stages. n is the V image's key block (128); m = 128 is two consumers.
-TILES = ((128, 128, 2), (128, 128, 3), (128, 128, 4))
+# (m, n, s): CTA rows, keys per step, stages. n is the V image's key block (128); m = 128 is two consumer
+# warpgroups, m = 192 three (only where the register estimate fits 160 per thread: d=64 with FP16 P.V, or one block
+# at a time).
+TILES = ((128, 128, 2), (128, 128, 3), (128, 128, 4), (192, 128, 2), (192, 128, 3), (192, 128, 4))
 GRANULARITY_PAIRS = (("block", "block"), ("warp", "block"), ("thread", "thread"))
 ROW_SUMS = ("fma", "mma")
 # P.V operand format -> (V element bytes, the quantization pass's V mode). e4m3: P = e4m3(448 p), V per-channel e4m3
@@ -91,17 +93,18 @@ class AttnWgmmaSpec(KernelSpec):
             raise InvalidVariant(f"o must be one of {sorted(OUT_TYPES)}, got {self.o!r}")
         if self.d not in (64, 128):
             raise InvalidVariant(f"d must be 64 or 128, got {self.d}")
-        if self.m != 2 * WARPGROUP_ROWS:
-            raise InvalidVariant(f"m must be 128 (two consumer warpgroups; three leave too few registers), "
-                                 f"got {self.m}")
+        if self.m not in (2 * WARPGROUP_ROWS, 3 * WARPGROUP_ROWS):
+            raise InvalidVariant(f"m must be 128 or 192 (two or three consumer warpgroups), got {self.m}")
+        if self.qg == "block" and N_ALIGN % self.m:
+            raise InvalidVariant(f"per-block Q scales need m dividing {N_ALIGN} (the padded length), got m={self.m}")
         if self.n != N_ALIGN:
             raise InvalidVariant(f"n must be {N_ALIGN} (the V image's key block), got {self.n}")
         if self.rowsum not in ROW_SUMS:
             raise InvalidVariant(f"rowsum must be one of {ROW_SUMS}, got {self.rowsum!r}")
         if self.rowsum == "mma" and self.pv != "e4m3":
             raise InvalidVariant("rowsum=mma needs pv=e4m3 (its ones rows extend the K-major V^T image)")
-        if self.pingpong and not (self.overlap and self.consumers == 2):
-            raise InvalidVariant("pingpong alternates two overlapping consumer warpgroups: needs overlap and m=128")
+        if self.pingpong and not self.overlap:
+            raise InvalidVariant("pingpong rotates overlapping consumer warpgroups: needs overlap")
         if self.s not in (2, 3, 4):
             raise InvalidVariant(f"s must be 2, 3 or 4, got {self.s}")
         if self.qg not in GRANULARITIES or self.kg not in ("block", "thread"):

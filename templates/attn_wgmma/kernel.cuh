@@ -60,7 +60,7 @@ struct Config {
   static_assert(D == 64 || D == 128, "head dim");
   static_assert(QTile % 16 == 0, "a thread's two rows (g, g + 8) must share one Q scale group");
   static_assert(KTile == BlockN, "K scales are per key block (or per thread within it)");
-  static_assert(!PingPong || (Consumers == 2 && Overlap), "ping-pong alternates two overlapping warpgroups");
+  static_assert(!PingPong || (Consumers >= 2 && Overlap), "ping-pong rotates overlapping warpgroups");
   static_assert(!(MmaRowSum && PvF16), "the ones rows extend the e4m3 V^T image only");
 };
 
@@ -113,8 +113,11 @@ __device__ __forceinline__ void produce(const Params& p, const Smem& sm, long lo
   const uint8_t* gQ = reinterpret_cast<const uint8_t*>(p.q8) + (bh * p.nq_pad + m0) * C::kD;
   const uint8_t* gK = reinterpret_cast<const uint8_t*>(p.k8) + bhk * p.nk_pad * C::kD;
   const uint8_t* gV = p.v8 + bhk * p.nk_pad * C::kD * C::kVBytes;  // blocked by 128 keys, kTileV bytes each
-  sm90::mbar_arrive_expect_tx(sm.q_full, C::kTileQ);
-  sm90::bulk_load(sm.q, gQ, C::kTileQ, sm.q_full);
+  // The last CTA of a 192-row tiling may reach past nq_pad (a multiple of 128, so whole 64-row slices): copy only
+  // the rows that exist; the warpgroups past the end compute rows nobody stores.
+  const int q_bytes = min(C::kBlockM, p.nq_pad - m0) * C::kD;
+  sm90::mbar_arrive_expect_tx(sm.q_full, q_bytes);
+  sm90::bulk_load(sm.q, gQ, q_bytes, sm.q_full);
   for (int j = 0; j < nb; ++j) {
     const int s = j % C::kStages;
     if (j >= C::kStages) sm90::mbar_wait(&sm.empty[s], (j / C::kStages - 1) & 1);
@@ -144,7 +147,9 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
   const int tid = threadIdx.x % 128, warp = tid / 32, lane = tid % 32, g = lane / 4, tq = lane % 4;
   const int wg_m0 = m0 + cw * 64, row0 = wg_m0 + warp * 16 + g;
   const int q_groups = p.nq_pad / C::kQTile * C::kQSub, k_groups = p.nk_pad / C::kKTile * C::kKSub;
-  const float q_scale = p.q_scale[bh * q_groups + attn::scale_group(row0, C::kQTile, C::kQSub)] * p.sm_scale_log2;
+  const float q_scale =  // rows past nq_pad (see produce) have no scale: 0 keeps their garbage finite
+      row0 < p.nq_pad ? p.q_scale[bh * q_groups + attn::scale_group(row0, C::kQTile, C::kQSub)] * p.sm_scale_log2
+                      : 0.f;
   const uint32_t q_addr = sm90::smem_u32(sm.q + cw * 64 * C::kD);
 
   float o[kDChunks * 4];
@@ -249,17 +254,17 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
     }
   };
 
-  // Ping-pong: the two consumer warpgroups take turns issuing their MMA batches (named barrier 1 + cw: "my
-  // turn"), so one warpgroup's softmax runs while the other's MMAs own the tensor cores. Warpgroup 1 hands the
-  // first turn to warpgroup 0; every batch passes the turn on; warpgroup 0 absorbs the last hand-back.
+  // Ping-pong: the consumer warpgroups take turns issuing their MMA batches in a ring (named barrier 1 + cw: "my
+  // turn"), so one warpgroup's softmax runs while another's MMAs own the tensor cores. The last warpgroup hands
+  // the first turn to warpgroup 0; every batch passes the turn on; warpgroup 0 absorbs the last hand-back.
   auto my_turn = [&]() {
     if constexpr (C::kPingPong) sm90::named_sync(1 + cw, 256);
   };
   auto pass_turn = [&]() {
-    if constexpr (C::kPingPong) sm90::named_arrive(2 - cw, 256);
+    if constexpr (C::kPingPong) sm90::named_arrive(1 + (cw + 1) % C::kConsumers, 256);
   };
   if constexpr (C::kPingPong) {
-    if (cw == 1) sm90::named_arrive(1, 256);
+    if (cw == C::kConsumers - 1) sm90::named_arrive(1, 256);
   }
 
   sm90::mbar_wait(sm.q_full, 0);
@@ -296,7 +301,7 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
       finish_pv(nb - 1, alpha);
     }
     if constexpr (C::kPingPong) {
-      if (cw == 0) sm90::named_sync(1, 256);  // warpgroup 1's last hand-back
+      if (cw == 0) sm90::named_sync(1, 256);  // the last warpgroup's last hand-back
     }
   } else {
     for (int j = 0; j < nb; ++j) {

@@ -68,8 +68,10 @@ def emulate(spec, q, k, v, *, causal_align="bottom_right", layout="HND", sm_scal
     if spec.family == "attn_wgmma":
         gran = WGMMA_GRANULARITY[(spec.qg, spec.kg)]
         assert q_groups(gran, spec.m, WGMMA_WARP_ROWS) == spec.q_groups and k_groups(gran, spec.n) == spec.k_groups
+        # block_m only shapes per-block Q groups (m=128 there); three warpgroups (m=192) use warp/thread groups
+        block_m = spec.m if gran == "block" else 2 * WGMMA_WARP_ROWS
         return sage2_attention(q, k, v, causal=spec.causal, causal_align=causal_align, sm_scale=sm_scale,
-                               layout=layout, qk_format="int8", granularity=gran, block_m=spec.m,
+                               layout=layout, qk_format="int8", granularity=gran, block_m=block_m,
                                warp_m=WGMMA_WARP_ROWS, block_n=spec.n, smooth_k=True,
                                pv="fp8" if spec.pv == "e4m3" else "fp16", pv_accum="fp32",
                                row_sum="pv" if spec.rowsum == "mma" else "p")

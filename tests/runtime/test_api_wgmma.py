@@ -223,3 +223,15 @@ def test_forced_wgmma_variant_on_meta():
     o, lse = sagegen.attention(q, k, v, variant=wgmma_spec(o="f16", causal=True), is_causal=True, return_lse=True,
                                out_dtype=F16)
     assert o.device.type == "meta" and o.shape == q.shape and o.dtype == F16 and lse.shape == (2, 4, 300)
+
+
+def test_three_warpgroup_variant_grid_covers_the_padding(fake_hopper):
+    """m=192 does not divide the padded length (a multiple of 128): the grid rounds up and the kernel copies only
+    the Q rows that exist (templates/attn_wgmma/kernel.cuh, produce)."""
+    q, k, v = inputs(nq=1000, nk=300, d=64)
+    spec = wgmma_spec(d=64, m=192, pv="f16", s=3, overlap=True, pingpong=True)
+    sagegen.attention(q, k, v, variant=spec)
+    got, grid, block, smem, _ = fake_hopper.attn()[0]
+    assert got == spec and spec.consumers == 3
+    assert grid[0] == 6 and grid[0] * 192 >= padded_len(1000) > (grid[0] - 1) * 192
+    assert block == 512 and smem == spec.smem_bytes()

@@ -83,7 +83,7 @@ def test_every_field_shows_in_the_name_even_single_valued_ones():
 @pytest.mark.parametrize("change, match", [
     (dict(qk="i4"), "qk must be i8"), (dict(pv="e5m2"), "pv must be one of"), (dict(pv="bf16"), "pv must be one of"),
     (dict(o="f32"), "o must be one of"), (dict(d=96), "d must be 64 or 128"), (dict(d=256), "d must be 64 or 128"),
-    (dict(m=64), "m must be 128"), (dict(m=192), "m must be 128"), (dict(n=64), "n must be 128"),
+    (dict(m=64), "m must be 128 or 192"), (dict(m=256), "m must be 128 or 192"), (dict(n=64), "n must be 128"),
     (dict(n=256), "n must be 128"), (dict(s=1), "s must be"), (dict(s=5), "s must be"),
     (dict(qg="row"), "qg in"), (dict(kg="warp"), "kg in"), (dict(kg="row"), "kg in"),
 ])
@@ -114,23 +114,50 @@ def test_only_sm90a_has_variants(arch):
 def test_enumeration_is_the_whole_declared_space_times_the_schedules():
     specs = enumerate_variants("sm90a")
     schedules = {_schedule(s) for s in specs}
-    # per P.V format: 2 head dims x tiles x scale-granularity pairs x output dtypes x causal, each with every
-    # schedule valid for the format (fp16 P.V has no MMA row sum): no other declared combination is dropped
+    # per P.V format, with two consumer warpgroups (m=128): 2 head dims x tiles x scale-granularity pairs x output
+    # dtypes x causal, each with every schedule valid for the format (fp16 P.V has no MMA row sum): no other
+    # declared combination is dropped
+    two_wg_tiles = [t for t in TILES if t[0] == 128]
     for pv in PV_FORMATS:
-        mine = [s for s in specs if s.pv == pv]
+        mine = [s for s in specs if s.pv == pv and s.m == 128]
         schedules = {_schedule(s) for s in mine}
-        assert len(mine) == 2 * len(TILES) * len(GRANULARITY_PAIRS) * len(OUT_TYPES) * 2 * len(schedules)
-        assert {(s.m, s.n, s.s) for s in mine} == set(TILES)
+        assert len(mine) == 2 * len(two_wg_tiles) * len(GRANULARITY_PAIRS) * len(OUT_TYPES) * 2 * len(schedules)
+        assert {(s.m, s.n, s.s) for s in mine} == set(two_wg_tiles)
         assert {(s.qg, s.kg) for s in mine} == set(GRANULARITY_PAIRS)
         assert {s.d for s in mine} == {64, 128} and {s.o for s in mine} == set(OUT_TYPES)
         assert (("rowsum", "mma") in {kv for sch in schedules for kv in sch}) == (pv == "e4m3")
     assert {(s.qk, s.pv) for s in specs} == {("i8", "e4m3"), ("i8", "f16")}
 
 
+def test_three_consumer_warpgroups_exist_exactly_where_the_registers_fit():
+    """m=192 (three consumers, 160 registers each after the producer's 24): every declared combination whose
+    register estimate fits and whose Q scale groups divide the padding, and no other."""
+    specs = enumerate_variants("sm90a")
+    three = {s.name for s in specs if s.m == 192}
+    expected = set()
+    for s in specs:
+        if s.m != 128:
+            continue
+        for m, n, stages in TILES:
+            if m == 192 and stages == s.s:
+                try:
+                    expected.add(dataclasses.replace(s, m=192).name)
+                except InvalidVariant:
+                    pass
+    assert three == expected and three
+    for s in specs:
+        if s.m == 192:
+            assert s.consumers == 3 and s.threads == 512 and s.reg_estimate() <= 160 and s.qg != "block"
+    # what fits: d=64 with FP16 P.V, and one block at a time (no overlap) at d=64 FP8 and d=128 FP16
+    assert {(s.pv, s.d, s.overlap) for s in specs if s.m == 192} == \
+        {("f16", 64, True), ("f16", 64, False), ("e4m3", 64, False), ("f16", 128, False)}
+
+
 def test_every_variant_fits_sm90a_and_its_tiles_divide_the_padding():
     for s in enumerate_variants("sm90a"):
         assert s.smem_bytes() <= ARCHES["sm90a"].smem_per_block
-        assert s.m % WARPGROUP_ROWS == 0 and N_ALIGN % s.m == 0 and s.n == N_ALIGN
+        assert s.m % WARPGROUP_ROWS == 0 and s.n == N_ALIGN
+        assert N_ALIGN % s.q_groups.tile == 0  # (a 192-row CTA tiles the padding with a partial last CTA)
         assert s.consumers == s.m // WARPGROUP_ROWS and s.threads == 128 * (s.consumers + 1)
         ctx = s.context()
         assert ctx["threads"] == s.threads and ctx["smem"] == s.smem_bytes()
