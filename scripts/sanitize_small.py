@@ -32,8 +32,8 @@ CASES = [
 
 
 def pick_wgmma_variants(arch: str, few: bool):
-    """The heuristic's choice per (precision, d, causal), plus every (P.V format, stages, overlap, ping-pong, row
-    sum) at per-block scales."""
+    """The heuristic's choice per (precision, d, causal), plus every (P.V format, rows, stages, overlap, ping-pong,
+    row sum) at per-block K scales (per-block Q where it exists, else per-warp)."""
     from sagegen.runtime import registry
     from sagegen.variants import select
 
@@ -45,14 +45,14 @@ def pick_wgmma_variants(arch: str, few: bool):
                                         batch_heads=8, precision=precision)
                 spec = registry.heuristic(key, family="attn_wgmma")
                 out[spec.name] = spec
-    if not few:  # each (P.V format, stages, overlap, ping-pong, row sum) once, rotating d and causal over them
-        every = select([arch], "attn_wgmma_*_o_bf16_*_qg_block_*")
-        configs = sorted({(s.pv, s.s, s.overlap, s.pingpong, s.rowsum) for s in every})
+    if not few:  # each (P.V format, rows, stages, overlap, ping-pong, row sum) once, rotating d and causal
+        every = select([arch], "attn_wgmma_*_o_bf16_*_kg_block_*")
+        configs = sorted({(s.pv, s.m, s.s, s.overlap, s.pingpong, s.rowsum) for s in every})
         combos = ((64, False), (128, True), (64, True), (128, False))
         for i, cfg in enumerate(configs):
             d, causal = combos[i % len(combos)]
-            spec = next(s for s in every
-                        if (s.pv, s.s, s.overlap, s.pingpong, s.rowsum) == cfg and (s.d, s.causal) == (d, causal))
+            fits = [s for s in every if (s.pv, s.m, s.s, s.overlap, s.pingpong, s.rowsum) == cfg]
+            spec = next((s for s in fits if (s.d, s.causal) == (d, causal)), fits[0])
             out.setdefault(spec.name, spec)
     return list(out.values())
 

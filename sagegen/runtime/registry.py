@@ -80,24 +80,28 @@ SDPA_FASTER = {
     ("sm90a", "accurate"): {(128, False): 4096, (128, True): 8192, (64, False): 16384, (64, True): 32768},
 }
 
-# (s, overlap, pingpong, rowsum) per (P.V format, head dim, causal), best first (NVIDIA H100 / H200, B=4, H=32,
+# (m, s, overlap, pingpong, rowsum) per (P.V format, head dim, causal), best first (NVIDIA H100 / H200, B=4, H=32,
 # N=8k-32k; BENCHMARKS.md ablation). e4m3: the MMA row sum wins at d=64 (+4-10%), ties at d=128 non-causal;
-# ping-pong helps causal d=128 only. f16 (H100, N=8k/16k, scripts/wgmma_check.py --time): ping-pong wins everywhere
-# (d=128: 709-717 kernel TOPS with 3 stages against 641-663 without; d=64: 4 stages 468-480, 3 stages 462-473).
-_FREE_MMA = (3, True, False, "mma")
-_FREE_FMA = (3, True, False, "fma")
-_PP_MMA = (3, True, True, "mma")
-_PP_FMA = (3, True, True, "fma")
-_PP4_FMA = (4, True, True, "fma")
+# ping-pong helps causal d=128 only; three consumer warpgroups (m=192, one block at a time: the overlapped
+# schedule does not fit their registers) tie at best. f16 (H100, scripts/wgmma_check.py --time): ping-pong wins
+# everywhere (d=128: 709-717 kernel TOPS with 3 stages against 641-663 without); at d=64 three consumer
+# warpgroups with ping-pong (m=192) beat two by 13-17% (536-574 against 473-492 non-causal, 8k-32k).
+_FREE_MMA = (128, 3, True, False, "mma")
+_FREE_FMA = (128, 3, True, False, "fma")
+_PP_MMA = (128, 3, True, True, "mma")
+_PP_FMA = (128, 3, True, True, "fma")
+_PP4_FMA = (128, 4, True, True, "fma")
+_PP3_FMA_192 = (192, 3, True, True, "fma")
+_PP4_FMA_192 = (192, 4, True, True, "fma")
 WGMMA_PREFERRED = {
-    ("e4m3", 128, False): (_FREE_MMA, _PP_FMA, _FREE_FMA, _PP_MMA, (4, True, True, "fma")),
-    ("e4m3", 128, True): (_PP_FMA, _FREE_MMA, _PP_MMA, (4, True, True, "fma"), _FREE_FMA),
+    ("e4m3", 128, False): (_FREE_MMA, _PP_FMA, _FREE_FMA, _PP_MMA, _PP4_FMA),
+    ("e4m3", 128, True): (_PP_FMA, _FREE_MMA, _PP_MMA, _PP4_FMA, _FREE_FMA),
     ("e4m3", 64, False): (_FREE_MMA, _FREE_FMA, _PP_MMA, _PP_FMA),
     ("e4m3", 64, True): (_FREE_MMA, _FREE_FMA, _PP_MMA, _PP_FMA),
-    ("f16", 128, False): (_PP_FMA, _PP4_FMA, (4, True, False, "fma"), _FREE_FMA),
+    ("f16", 128, False): (_PP_FMA, _PP4_FMA, (128, 4, True, False, "fma"), _FREE_FMA),
     ("f16", 128, True): (_PP_FMA, _FREE_FMA, _PP4_FMA),
-    ("f16", 64, False): (_PP4_FMA, _PP_FMA),
-    ("f16", 64, True): (_PP_FMA, _PP4_FMA),
+    ("f16", 64, False): (_PP3_FMA_192, _PP4_FMA_192, _PP4_FMA, _PP_FMA),
+    ("f16", 64, True): (_PP3_FMA_192, _PP4_FMA_192, _PP_FMA, _PP4_FMA),
 }
 
 def bucket(n: int) -> int:
@@ -178,7 +182,7 @@ def _rank(spec, tiles) -> tuple:
     g = GRANULARITY_ORDER.index((spec.qg, spec.kg)) if (spec.qg, spec.kg) in GRANULARITY_ORDER else 99
     if isinstance(spec, AttnWgmmaSpec):  # the warpgroup family first wherever it is a candidate
         order = WGMMA_PREFERRED.get((spec.pv, spec.d, spec.causal), ())
-        cfg = (spec.s, spec.overlap, spec.pingpong, spec.rowsum)
+        cfg = (spec.m, spec.s, spec.overlap, spec.pingpong, spec.rowsum)
         return (0, g, order.index(cfg) if cfg in order else len(order), spec.name)
     tile = (spec.m, spec.n, spec.w, spec.s)
     t = tiles.index(tile) if tile in tiles else len(tiles)

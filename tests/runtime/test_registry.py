@@ -72,13 +72,13 @@ def test_heuristic_is_valid_everywhere(arch, d, causal, out, precision):
 
 
 def _check_wgmma_schedule_rule(spec, k):
-    """Among the per-thread-scale warpgroup candidates, the first (stages, overlap, ping-pong, row sum) of
+    """Among the per-thread-scale warpgroup candidates, the first (rows, stages, overlap, ping-pong, row sum) of
     WGMMA_PREFERRED[(pv, d, causal)] that exists is the one picked."""
     cands = [s for s in registry.candidate_specs(k) if isinstance(s, AttnWgmmaSpec) and (s.qg, s.kg) ==
              ("thread", "thread")]
     order = registry.WGMMA_PREFERRED[(spec.pv, spec.d, spec.causal)]
-    first = next(c for c in order if any((s.s, s.overlap, s.pingpong, s.rowsum) == c for s in cands))
-    assert (spec.s, spec.overlap, spec.pingpong, spec.rowsum) == first
+    first = next(c for c in order if any((s.m, s.s, s.overlap, s.pingpong, s.rowsum) == c for s in cands))
+    assert (spec.m, spec.s, spec.overlap, spec.pingpong, spec.rowsum) == first
 
 
 def test_only_sm90a_has_the_fp8_family():

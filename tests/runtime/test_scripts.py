@@ -117,7 +117,7 @@ def test_sanitize_wgmma_variants_are_the_heuristic_choices_and_every_schedule():
         assert spec == registry.heuristic(key)
     specs = san.pick_wgmma_variants("sm90a", few=False)
     assert len({s.name for s in specs}) == len(specs) and {s.name for s in few} <= {s.name for s in specs}
-    schedule = lambda s: (s.pv, s.s, s.overlap, s.pingpong, s.rowsum)  # noqa: E731
+    schedule = lambda s: (s.pv, s.m, s.s, s.overlap, s.pingpong, s.rowsum)  # noqa: E731
     assert {schedule(s) for s in specs} == {schedule(s) for s in enumerate_variants("sm90a")}
     assert {(s.d, s.causal) for s in specs} == {(64, False), (64, True), (128, False), (128, True)}
     for spec in specs:
