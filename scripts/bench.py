@@ -27,7 +27,7 @@ B, H = 4, 32
 NS = (1024, 2048, 4096, 8192, 16384, 32768)
 QUICK_NS = (1024, 8192)
 COPY_BYTES = 1 << 30  # the copy that measures the bandwidth ceiling: 1 GiB read + 1 GiB written
-METHODS = ("flash", "cudnn", "sage1-triton", "sagegen-kernel", "sagegen-e2e")
+METHODS = ("flash", "cudnn", "sage1-triton", "sagegen-kernel", "sagegen-e2e", "sagegen-default")
 
 
 def tops(b: int, h: int, n: int, d: int, causal: bool, ms: float) -> float:
@@ -272,8 +272,11 @@ def main(argv=None) -> int:
                             source=api.describe(q, k, v, is_causal=causal, sdpa_fallback=False, **kw).source)
                     except Exception as e:
                         add("sagegen-e2e" + tag, None, variant=spec.name, error=f"{type(e).__name__}: {e}"[:300])
+                # what a user gets by default: the registry may hand the call to cuDNN (SDPA_FASTER, autotune)
+                runs = api.describe(q, k, v, is_causal=causal, **prec).name
+                add("sagegen-default", bench_ms(lambda: api.attention(q, k, v, is_causal=causal, **prec)), runs=runs)
                 print(f"d={d} N={n} causal={causal}: " + ", ".join(
-                    f"{r['method']} {r['tops']:.0f}" for r in rows[-6:] if r["n"] == n and r["d"] == d
+                    f"{r['method']} {r['tops']:.0f}" for r in rows[-7:] if r["n"] == n and r["d"] == d
                     and r["causal"] == causal and r.get("tops")), flush=True)
             # the quantization pass alone (it does not depend on causal), with the chosen variant's groups
             qg, kg = quant_spec.q_groups, quant_spec.k_groups
