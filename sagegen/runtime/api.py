@@ -466,8 +466,8 @@ def attention(q, k, v, *, is_causal: bool = False, sm_scale: float | None = None
     sm_scale: softmax scale, default 1/sqrt(d). precision: "fast" (default; INT8 Q.K^T + FP8 P.V, rel-L1 ~0.035 on
     N(0,1), on GPUs that have such a family: Hopper sm90a; elsewhere it runs the accurate kernel) or "accurate"
     (INT8 Q.K^T + FP16 P.V, rel-L1 ~0.01; on sm90a the wgmma family, elsewhere the mma.sync family). "accurate"
-    casts V to fp16 unscaled: bf16 V entries beyond fp16's range (|v| > 65504) become inf in the output rows that
-    attend to them ("fast" scales V per channel and has no such limit).
+    casts V to fp16 unscaled: bf16 V entries beyond fp16's range (|v| > 65504) make the output inf or NaN in the
+    rows that attend to them ("fast" scales V per channel and has no such limit).
     out_dtype: torch.float16 or torch.bfloat16, default q's dtype. return_lse: also return the log-sum-exp
     [B, Hq, Nq] fp32 (natural log). variant: run this attn_mma / attn_wgmma variant (name or spec) instead of the
     registry's choice. sdpa_fallback: None follows SAGEGEN_FORCE_KERNEL; False never calls torch SDPA (see module
