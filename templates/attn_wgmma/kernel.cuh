@@ -150,7 +150,14 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
   const float q_scale =  // rows past nq_pad (see produce) have no scale: 0 keeps their garbage finite
       row0 < p.nq_pad ? p.q_scale[bh * q_groups + attn::scale_group(row0, C::kQTile, C::kQSub)] * p.sm_scale_log2
                       : 0.f;
-  const uint32_t q_addr = sm90::smem_u32(sm.q + cw * 64 * C::kD);
+  // Shared-memory descriptors, built once: a tile of stage s and a k-step are byte offsets from these, and the
+  // descriptor's start-address field is the address / 16 in its low bits (shared memory < 256 KB never carries
+  // out of it), so each MMA's descriptor is one integer add instead of a rebuild per k-step.
+  const uint64_t q_desc = wg::kmajor_desc<C::kD>(sm90::smem_u32(sm.q + cw * 64 * C::kD));
+  const uint64_t k_desc0 = wg::kmajor_desc<C::kD>(sm90::smem_u32(sm.k));
+  const uint64_t v_desc0 = C::kPvF16 ? wg::mnmajor_desc<C::kBlockN * 128>(sm90::smem_u32(sm.v))
+                                     : wg::kmajor_desc<128>(sm90::smem_u32(sm.v));
+  auto desc_plus = [](uint64_t desc, int bytes) { return desc + uint64_t(bytes >> 4); };
 
   float o[kDChunks * 4];
 #pragma unroll
@@ -171,14 +178,14 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
     k_scale = p.k_scale[bhk * k_groups + attn::scale_group(j * C::kBlockN + 2 * tq, C::kKTile, C::kKSub)];
     const int s = stage_of(j);
     sm90::mbar_wait(&sm.full[s], (j / C::kStages) & 1);
-    const uint32_t k_addr = sm90::smem_u32(sm.k + s * C::kTileK);
+    const uint64_t k_desc = desc_plus(k_desc0, s * C::kTileK);
 #pragma unroll
     for (int i = 0; i < kNChunks * 4; ++i) s_acc[i] = kScoreBiasBits;  // floats without I2F (kScoreBias)
     wg::fence_operands(s_acc);
     Mma::begin();
 #pragma unroll
     for (int kk = 0; kk < C::kD / 32; ++kk)
-      Mma::template qk<C::kBlockN>(wg::kmajor_desc<C::kD>(q_addr + kk * 32), wg::kmajor_desc<C::kD>(k_addr + kk * 32),
+      Mma::template qk<C::kBlockN>(desc_plus(q_desc, kk * 32), desc_plus(k_desc, kk * 32),
                                    s_acc, true);
     Mma::commit();
   };
@@ -212,20 +219,20 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
       }
   };
   auto issue_pv = [&](int j) {
-    const uint32_t v_addr = sm90::smem_u32(sm.v + stage_of(j) * C::kStageV);
+    const uint64_t v_desc = desc_plus(v_desc0, stage_of(j) * C::kStageV);
     if constexpr (C::kPvF16) {  // O += P.V; a k-step is 16 keys = two 8-key row groups of the image (2 KB)
       wg::fence_operands(o);
       Mma::begin();
 #pragma unroll
       for (int kk = 0; kk < kPSteps; ++kk)
-        Mma::template pv_f16<C::kD>(pa[kk], wg::mnmajor_desc<C::kBlockN * 128>(v_addr + kk * 16 * 128), o);
+        Mma::template pv_f16<C::kD>(pa[kk], desc_plus(v_desc, kk * 16 * 128), o);
       Mma::commit();
     } else {
       wg::fence_operands(ob);
       Mma::begin();
 #pragma unroll
       for (int kk = 0; kk < kPSteps; ++kk)
-        Mma::template pv<C::kPvN>(pa[kk], wg::kmajor_desc<128>(v_addr + kk * 32), ob, kk > 0);
+        Mma::template pv<C::kPvN>(pa[kk], desc_plus(v_desc, kk * 32), ob, kk > 0);
       Mma::commit();
     }
   };
