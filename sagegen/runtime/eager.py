@@ -25,7 +25,6 @@ DEVICE_TYPES = ("cuda",)  # tests/runtime/conftest.py adds "cpu" to run this pat
 _Tensor = torch.Tensor
 _dispatch_modes = torch._C._len_torch_dispatch_stack
 _profiling = torch._C._autograd._profiler_enabled
-_OUT_DTYPES = {"f16": torch.float16, "bf16": torch.bfloat16}
 
 
 def runner(shape, spec, v_mode: str) -> "Direct | None":
@@ -59,7 +58,7 @@ class Direct:
         # Workspace offset of each of quant.BUFFERS but qk_bias (a tensor of its own); -1: absent
         self.offsets = tuple(q.offsets.get(name, -1) for name in quant.BUFFERS[:-1])
         self.out_shape = (shape.B, shape.Hq, shape.nq, shape.d) if self.hnd else (shape.B, shape.nq, shape.Hq, shape.d)
-        self.out_dtype = _OUT_DTYPES[spec.o]
+        self.out_dtype = attn_mma.OUT_DTYPES[spec.o]
         out_strides = _bhnd(self.hnd, torch.empty(self.out_shape, device="meta").stride())
         self.v_in_place = v_mode == "none"
         D, nk_pad = padded_dim(shape.d), padded_len(shape.nk)

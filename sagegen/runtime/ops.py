@@ -21,7 +21,7 @@ import contextlib
 
 import torch
 
-from ..quant_layout import N_ALIGN, ScaleGroups, padded_dim, padded_len
+from ..quant_layout import ScaleGroups, padded_dim, padded_len
 from ..variants import spec_from_name
 from . import attn_mma, attn_wgmma, quant
 from .quant import Quantized, _vector_ready, bhnd_strides
@@ -42,7 +42,6 @@ _lib.define(
 
 V_MODES = ("none", "f16", "e4m3t", "e4m3w", "f16w")
 V_SOURCES = ("input", "copy")  # attn_mma's v: the caller's V in ``layout``, or quantize's fp16 copy (HND, padded)
-_OUT_DTYPES = {"f16": torch.float16, "bf16": torch.bfloat16}
 
 _specs: dict[str, object] = {}
 _groups: dict[tuple[int, int], ScaleGroups] = {}
@@ -100,19 +99,9 @@ def _quantize_fake(q, k, v, layout, q_tile, q_sub, k_tile, k_sub, v_mode, with_q
     k8 = new((B, Hkv, nk_pad, D), dtype=torch.int8)
     q_scale = new((B, Hq, nq_pad // q_tile * q_sub), dtype=torch.float32)
     k_scale = new((B, Hkv, nk_pad // k_tile * k_sub), dtype=torch.float32)
-    if v_mode == "f16":
-        v_out, v_scale = new((B, Hkv, nk_pad, D), dtype=torch.float16), new((0,), dtype=torch.float32)
-    elif v_mode == "e4m3t":
-        v_out = new((B, Hkv, D, nk_pad), dtype=torch.float8_e4m3fn)
-        v_scale = new((B, Hkv, D), dtype=torch.float32)
-    elif v_mode == "e4m3w":
-        v_out = new((B, Hkv, nk_pad // N_ALIGN, D, N_ALIGN), dtype=torch.float8_e4m3fn)
-        v_scale = new((B, Hkv, D), dtype=torch.float32)
-    elif v_mode == "f16w":
-        v_out = new(quant.v_f16_image_shape(B, Hkv, nk_pad, D), dtype=torch.float16)
-        v_scale = new((0,), dtype=torch.float32)
-    else:
-        v_out, v_scale = new((0,), dtype=torch.float16), new((0,), dtype=torch.float32)
+    vb = quant.v_buffers(v_mode, B, Hkv, nk_pad, D)  # absent buffers are 0-element tensors, as in _quantize_cuda
+    v_out = new(vb["v"][0], dtype=vb["v"][1]) if "v" in vb else new((0,), dtype=torch.float16)
+    v_scale = new(vb["v_scale"][0], dtype=vb["v_scale"][1]) if "v_scale" in vb else new((0,), dtype=torch.float32)
     qk_bias = new((B, Hq, nq), dtype=torch.float32) if with_qk_bias else new((0,), dtype=torch.float32)
     return q8, q_scale, k8, k_scale, v_out, v_scale, qk_bias
 
@@ -148,7 +137,7 @@ def _attn_fake(q8, q_scale, k8, k_scale, v, qk_bias, variant, layout, v_source, 
     spec = spec_for(variant)
     B, Hq = q8.shape[0], q8.shape[1]
     shape = (B, Hq, nq, d) if layout == "HND" else (B, nq, Hq, d)
-    out = q8.new_empty(shape, dtype=_OUT_DTYPES[spec.o])
+    out = q8.new_empty(shape, dtype=attn_mma.OUT_DTYPES[spec.o])
     lse = q8.new_empty((B, Hq, nq) if return_lse else (0,), dtype=torch.float32)
     return out, lse
 

@@ -47,10 +47,6 @@ def v_mode_for(is_f16: bool, d: int) -> str:
     return "none" if is_f16 and d == padded_dim(d) else "f16"
 
 
-def v_f16_image_shape(B: int, Hkv: int, nk_pad: int, D: int) -> tuple[int, ...]:
-    return (B, Hkv, nk_pad // N_ALIGN, D // V_SLAB, N_ALIGN, V_SLAB)
-
-
 def bhnd_strides(x: torch.Tensor, layout: str) -> tuple[int, int, int]:
     """(batch, head, token) strides in elements of a 4-D tensor in ``layout`` (HND or NHD)."""
     s = x.stride()
@@ -98,8 +94,9 @@ QKV_PARAMS = L.Params("pqqq pqqq pqqq iiiiiiiiiiiii pp ppppppp")
 BUFFERS = ("ksum", "vamax", "q8", "q_scale", "k8", "k_scale", "v", "v_scale", "qk_bias")
 
 
-def _v_buffers(v_mode: str, B: int, Hkv: int, nk_pad: int, D: int) -> dict:
-    """The V buffers (shape, dtype) a V mode writes."""
+def v_buffers(v_mode: str, B: int, Hkv: int, nk_pad: int, D: int) -> dict:
+    """The V buffers (name -> (shape, dtype)) a V mode writes: "v" and, for FP8 V, "v_scale". Also the fake
+    kernel's shapes (ops.py), so sizes may be SymInts."""
     if v_mode == "f16":
         return {"v": ((B, Hkv, nk_pad, D), torch.float16)}
     if v_mode == "e4m3t":
@@ -108,7 +105,7 @@ def _v_buffers(v_mode: str, B: int, Hkv: int, nk_pad: int, D: int) -> dict:
         return {"v": ((B, Hkv, nk_pad // N_ALIGN, D, N_ALIGN), torch.float8_e4m3fn),
                 "v_scale": ((B, Hkv, D), torch.float32)}
     if v_mode == "f16w":
-        return {"v": (v_f16_image_shape(B, Hkv, nk_pad, D), torch.float16)}
+        return {"v": ((B, Hkv, nk_pad // N_ALIGN, D // V_SLAB, N_ALIGN, V_SLAB), torch.float16)}
     if v_mode == "none":
         return {}
     raise ValueError(f"unknown v_mode {v_mode!r}")
@@ -144,7 +141,7 @@ class QuantPlan:
         buffers["q_scale"] = ((B, Hq, q_groups.count(nq)), f32)
         buffers["k8"] = ((B, Hkv, nk_pad, D), torch.int8)
         buffers["k_scale"] = ((B, Hkv, k_groups.count(nk)), f32)
-        buffers.update(_v_buffers(v_mode, B, Hkv, nk_pad, D))
+        buffers.update(v_buffers(v_mode, B, Hkv, nk_pad, D))
         if with_qk_bias:
             buffers["qk_bias"] = ((B, Hq, nq), f32)
         self.buffers = buffers
