@@ -165,7 +165,7 @@ def main(argv=None) -> int:
     from sagegen.runtime import attn_mma as A
     from sagegen.runtime import attn_wgmma as W
     from sagegen.runtime.device import device_arch
-    from sagegen.runtime.quant import _STATS_SPLITS, v_mode_for
+    from sagegen.runtime.quant import _STATS_SPLITS
     from sagegen.quant_layout import N_ALIGN
     from sagegen.variants import select
 
@@ -281,7 +281,7 @@ def main(argv=None) -> int:
             # the quantization pass alone (it does not depend on causal), with the chosen variant's groups
             qg, kg = quant_spec.q_groups, quant_spec.k_groups
             wgmma = quant_spec.family == "attn_wgmma"  # V to FP8 in its operand image, Q/K in theirs
-            v_mode = quant_spec.v_mode if wgmma else v_mode_for(v.dtype == torch.float16, d)
+            v_mode = api._v_mode(api.DTYPE_TAGS[v.dtype], d, quant_spec)  # what attention() quantizes V to
             ms = bench_ms(lambda: ops.quantize_op(q, k, v, "HND", qg.tile, qg.sub, kg.tile, kg.sub, v_mode, False,
                                                   wgmma))
             rows_per_split = max(N_ALIGN, -(-n // _STATS_SPLITS))

@@ -23,7 +23,6 @@ from gpu_check import build_for_device  # noqa: E402  (scripts/ is on sys.path w
 from sagegen.jit import cubin_for  # noqa: E402
 from sagegen.runtime import attn_wgmma as W  # noqa: E402
 
-GRAN = {("block", "block"): "block", ("warp", "block"): "warp", ("thread", "thread"): "thread"}
 
 
 def inputs(B, Hq, Hkv, nq, nk, d, layout, dtype, gen, kind="randn"):
@@ -51,10 +50,7 @@ def check(spec, B, Hq, Hkv, nq, nk, d, layout, dtype, offset, gen, kind):
     ro, rl = attention_exact(q, k, v, causal=spec.causal, causal_align="bottom_right", layout=layout,
                              dtype=torch.float32)
     eo, _ = sage2_attention(q, k, v, causal=spec.causal, causal_align="bottom_right", layout=layout,
-                            granularity=GRAN[(spec.qg, spec.kg)], block_m=spec.m if spec.qg == "block" else 32,
-                            warp_m=16, block_n=spec.n,
-                            pv="fp8" if spec.pv == "e4m3" else "fp16", pv_accum="fp32",
-                            row_sum="pv" if spec.rowsum == "mma" else "p")
+                            **spec.emulation())
     fin = torch.isfinite(rl)
     lse_err = (lse[fin] - rl[fin]).abs().max().item() if fin.any() else 0.0
     return {"rel_l1": rel_l1(o, ro), "cos": cosine(o, ro), "rel_l1_emul": rel_l1(o, eo),

@@ -104,6 +104,12 @@ class AttnMmaSpec(KernelSpec):
     def k_groups(self):
         return k_groups(self.kg, self.n)
 
+    def emulation(self) -> dict:
+        """Keyword arguments of sagegen.reference.sage2_attention that compute exactly what this variant does (its
+        scale groups, key blocks, FP16 P.V and accumulator)."""
+        return dict(qk_format="int8", granularity=self.qg, block_m=self.m, warp_m=self.warp_m, block_n=self.n,
+                    smooth_k=True, pv="fp16", pv_accum="fp32" if self.acc == "f32" else "fp16")
+
     def context(self):
         qg, kg = self.q_groups, self.k_groups
         return {

@@ -21,6 +21,9 @@ WARPGROUP_ROWS = 64  # rows of one m64nNk32 wgmma: what one consumer warpgroup o
 # at a time).
 TILES = ((128, 128, 2), (128, 128, 3), (128, 128, 4), (192, 128, 2), (192, 128, 3), (192, 128, 4))
 GRANULARITY_PAIRS = (("block", "block"), ("warp", "block"), ("thread", "thread"))
+# (qg, kg) -> the granularity of the SageAttention2 emulation that has the same scale groups (emulation())
+EMULATION_GRANULARITY = dict(zip(GRANULARITY_PAIRS, ("block", "warp", "thread")))
+WARP_ROWS = 16  # rows of one warp's slice of an m64 wgmma
 ROW_SUMS = ("fma", "mma")
 # P.V operand format -> (V element bytes, the quantization pass's V mode). e4m3: P = e4m3(448 p), V per-channel e4m3
 # transposed, two-level accumulation. f16: P and V fp16 (V not scaled), accumulated straight into O in fp32.
@@ -120,11 +123,20 @@ class AttnWgmmaSpec(KernelSpec):
     @property
     def q_groups(self):
         # Each warp of a consumer warpgroup owns 16 rows: per-warp and per-thread groups are 16-row tiles.
-        return q_groups(self.qg, self.m, 16)
+        return q_groups(self.qg, self.m, WARP_ROWS)
 
     @property
     def k_groups(self):
         return k_groups(self.kg, self.n)
+
+    def emulation(self) -> dict:
+        """Keyword arguments of sagegen.reference.sage2_attention that compute exactly what this variant does:
+        its scale groups ((qg, kg) -> one granularity, 16-row warps), 128-key blocks, P.V format and accumulation,
+        row sum. block_m only shapes per-block Q groups (m=128 there); any m gives the same warp/thread groups."""
+        gran = EMULATION_GRANULARITY[(self.qg, self.kg)]
+        return dict(qk_format="int8", granularity=gran, block_m=self.m if gran == "block" else 2 * WARP_ROWS,
+                    warp_m=WARP_ROWS, block_n=self.n, smooth_k=True, pv="fp8" if self.pv == "e4m3" else "fp16",
+                    pv_accum="fp32", row_sum="pv" if self.rowsum == "mma" else "p")
 
     def context(self):
         qg, kg = self.q_groups, self.k_groups

@@ -11,9 +11,6 @@ from sagegen.quant_layout import k_groups, q_groups
 from sagegen.reference import attention_exact, lse_max_abs, make_inputs, rel_l1, sage2_attention
 
 OUT_DTYPES = {"f16": torch.float16, "bf16": torch.bfloat16}
-# attn_wgmma's (qg, kg) -> the emulation's granularity; its warps own 16 rows (warp_m = 16)
-WGMMA_GRANULARITY = {("block", "block"): "block", ("warp", "block"): "warp", ("thread", "thread"): "thread"}
-WGMMA_WARP_ROWS = 16
 # rel-L1 against exact attention that the FP8 P.V of the "fast" family (attn_wgmma pv=e4m3) reaches on N(0,1): its
 # emulation gives 0.035-0.040 (d 64/128, N 17..4k; the kernel is within 0.0015 of it), against ~0.01 for FP16 P.V
 FAST_BOUND = 0.05
@@ -65,20 +62,12 @@ def emulate(spec, q, k, v, *, causal_align="bottom_right", layout="HND", sm_scal
     """The torch emulation of exactly what ``spec`` computes (scale groups, key blocks, P.V format and
     accumulator): SageAttention2 with FP16 P.V for attn_mma, with the variant's P.V format (FP8 with two-level
     fp32 accumulation, or FP16 with fp32 accumulation) for attn_wgmma."""
-    if spec.family == "attn_wgmma":
-        gran = WGMMA_GRANULARITY[(spec.qg, spec.kg)]
-        assert q_groups(gran, spec.m, WGMMA_WARP_ROWS) == spec.q_groups and k_groups(gran, spec.n) == spec.k_groups
-        # block_m only shapes per-block Q groups (m=128 there); three warpgroups (m=192) use warp/thread groups
-        block_m = spec.m if gran == "block" else 2 * WGMMA_WARP_ROWS
-        return sage2_attention(q, k, v, causal=spec.causal, causal_align=causal_align, sm_scale=sm_scale,
-                               layout=layout, qk_format="int8", granularity=gran, block_m=block_m,
-                               warp_m=WGMMA_WARP_ROWS, block_n=spec.n, smooth_k=True,
-                               pv="fp8" if spec.pv == "e4m3" else "fp16", pv_accum="fp32",
-                               row_sum="pv" if spec.rowsum == "mma" else "p")
-    assert k_groups(spec.qg, spec.n) == spec.k_groups, f"no emulation granularity for {spec.qg}/{spec.kg}"
+    kw = spec.emulation()
+    gran = kw["granularity"]
+    assert q_groups(gran, spec.m, kw["warp_m"]) == spec.q_groups and k_groups(gran, spec.n) == spec.k_groups, \
+        f"no emulation granularity for {spec.qg}/{spec.kg}"
     return sage2_attention(q, k, v, causal=spec.causal, causal_align=causal_align, sm_scale=sm_scale, layout=layout,
-                           qk_format="int8", granularity=spec.qg, block_m=spec.m, warp_m=spec.warp_m, block_n=spec.n,
-                           smooth_k=True, pv="fp16", pv_accum="fp32" if spec.acc == "f32" else "fp16")
+                           **kw)
 
 
 def exact(q, k, v, *, causal=False, causal_align="bottom_right", layout="HND", sm_scale=None):

@@ -90,3 +90,16 @@ def test_thread_granularity_uses_the_mma_fragment_layout():
     spec = _base(d=64, qg="thread", kg="thread")
     assert (spec.q_groups.tile, spec.q_groups.sub) == (spec.warp_m, 8)
     assert (spec.k_groups.tile, spec.k_groups.sub) == (spec.n, 4)
+
+
+def test_every_variant_names_its_emulation():
+    """spec.emulation(): the sage2_attention arguments the GPU tests compare against: the variant's own scale
+    groups and key blocks, FP16 P.V with its accumulator."""
+    from sagegen.quant_layout import k_groups, q_groups
+
+    for s in enumerate_variants("sm90a"):
+        kw = s.emulation()
+        assert q_groups(kw["granularity"], kw["block_m"], kw["warp_m"]) == s.q_groups
+        assert k_groups(kw["granularity"], kw["block_n"]) == s.k_groups
+        assert (kw["pv"], kw["pv_accum"]) == ("fp16", "fp32" if s.acc == "f32" else "fp16")
+        assert kw["smooth_k"] and kw["qk_format"] == "int8"

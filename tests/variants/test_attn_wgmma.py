@@ -194,6 +194,20 @@ def test_scale_groups_are_the_emulations(qg, kg):
     assert spec.k_groups == k_groups(gran, spec.n)
 
 
+def test_every_variant_names_its_emulation():
+    """spec.emulation(): the sage2_attention arguments the GPU tests and scripts/wgmma_check.py compare against.
+    Same scale groups as the kernel, a block_m the emulation accepts (dividing the padding, also for m=192), the
+    variant's P.V format and row sum."""
+    for s in enumerate_variants("sm90a"):
+        kw = s.emulation()
+        assert kw["granularity"] == EMULATION[(s.qg, s.kg)] and kw["block_n"] == s.n and kw["warp_m"] == 16
+        assert q_groups(kw["granularity"], kw["block_m"], 16) == s.q_groups
+        assert k_groups(kw["granularity"], kw["block_n"]) == s.k_groups
+        assert N_ALIGN % kw["block_m"] == 0 and kw["block_m"] % 16 == 0
+        assert (kw["pv"], kw["pv_accum"]) == ({"e4m3": "fp8", "f16": "fp16"}[s.pv], "fp32")
+        assert kw["row_sum"] == ("pv" if s.rowsum == "mma" else "p") and kw["smooth_k"] and kw["qk_format"] == "int8"
+
+
 def test_thread_granularity_uses_the_wgmma_fragment_layout():
     spec = _base(qg="thread", kg="thread")
     assert (spec.q_groups.tile, spec.q_groups.sub) == (16, 8)  # a warp's 16 rows, 8 row groups of its threads
