@@ -280,7 +280,7 @@ def main(argv=None) -> int:
                     and r["causal"] == causal and r.get("tops")), flush=True)
             # the quantization pass alone (it does not depend on causal), with the chosen variant's groups
             qg, kg = quant_spec.q_groups, quant_spec.k_groups
-            wgmma = quant_spec.family == "attn_wgmma"  # V to FP8 in its operand image, Q/K in theirs
+            wgmma = quant_spec.family == "attn_wgmma"  # Q, K and V in their wgmma operand images
             v_mode = api._v_mode(api.DTYPE_TAGS[v.dtype], d, quant_spec)  # what attention() quantizes V to
             ms = bench_ms(lambda: ops.quantize_op(q, k, v, "HND", qg.tile, qg.sub, kg.tile, kg.sub, v_mode, False,
                                                   wgmma))

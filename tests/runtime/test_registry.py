@@ -417,29 +417,27 @@ def test_choose_every_arch_without_a_table():
 
 
 # --- the measured SDPA rule ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("d,causal,n,expect_sdpa", [
-    (128, False, 4096, True), (128, False, 4097, False), (128, True, 1024, True), (128, True, 16384, False),
-    (64, False, 4096, True), (64, False, 8192, False), (64, True, 8192, True), (64, True, 16384, False)])
-def test_sdpa_rule_follows_the_measurements(d, causal, n, expect_sdpa):
+# (precision, d, causal, N, cuDNN expected): the FP16-P.V kernels are slower than the FP8 ones, so cuDNN stays
+# ahead of the accurate ones to longer lengths
+SDPA_RULE_CASES = [
+    ("fast", 128, False, 4096, True), ("fast", 128, False, 4097, False), ("fast", 128, True, 1024, True),
+    ("fast", 128, True, 16384, False), ("fast", 64, False, 4096, True), ("fast", 64, False, 8192, False),
+    ("fast", 64, True, 8192, True), ("fast", 64, True, 16384, False),
+    ("accurate", 128, False, 8192, True), ("accurate", 128, False, 16384, False), ("accurate", 128, True, 8192, True),
+    ("accurate", 128, True, 16384, False), ("accurate", 64, False, 4096, True), ("accurate", 64, False, 8192, False),
+    ("accurate", 64, True, 8192, True), ("accurate", 64, True, 16384, False)]
+
+
+@pytest.mark.parametrize("precision,d,causal,n,expect_sdpa", SDPA_RULE_CASES)
+def test_sdpa_rule_follows_the_measurements(precision, d, causal, n, expect_sdpa):
     key = registry.make_key(arch="sm90a", dtype="bf16", out="bf16", d=d, causal=causal, nq=n, nk=n,
-                            batch_heads=128, precision="fast")
+                            batch_heads=128, precision=precision)
     choice = registry.choose(key, sdpa_ok=True)
     assert (choice.kind == "sdpa") == expect_sdpa
     if expect_sdpa:
         assert choice.backend == "cudnn" and choice.source == "heuristic"
     # never when SDPA cannot compute the call or is not allowed
     assert registry.choose(key, sdpa_ok=False).kind == "kernel"
-    assert registry.choose(key, sdpa_ok=True, allow_sdpa=False).kind == "kernel"
-
-
-@pytest.mark.parametrize("d,causal,n,expect_sdpa", [
-    (128, False, 8192, True), (128, False, 16384, False), (128, True, 8192, True), (128, True, 16384, False),
-    (64, False, 4096, True), (64, False, 8192, False), (64, True, 8192, True), (64, True, 16384, False)])
-def test_accurate_sdpa_rule_follows_its_own_measurements(d, causal, n, expect_sdpa):
-    """The FP16-P.V kernels are slower than the FP8 ones: cuDNN stays ahead of them to longer lengths."""
-    key = registry.make_key(arch="sm90a", dtype="bf16", out="bf16", d=d, causal=causal, nq=n, nk=n,
-                            batch_heads=128, precision="accurate")
-    assert (registry.choose(key, sdpa_ok=True).kind == "sdpa") == expect_sdpa
     assert registry.choose(key, sdpa_ok=True, allow_sdpa=False).kind == "kernel"
 
 
