@@ -242,7 +242,7 @@ class Plan:
             self.run = self._run_sdpa
         else:
             self.args = _kernel_args(shape, choice.spec)
-            self.direct = eager.runner(shape, choice.spec, self.args[5])
+            self.direct = eager.runner(shape, choice.spec, _v_mode(shape.dtype, shape.d, choice.spec))
             self.run = self._run_kernel if self.direct is None else self._run_direct
 
     def _run_kernel(self, q, k, v, scale):
