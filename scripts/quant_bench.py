@@ -1,6 +1,6 @@
 """Time the quantization passes alone (stats + qkv, each V mode) against the copy bandwidth. Dev tool.
 
-usage: python3 scripts/quant_bench.py [--n 8192 16384] [--d 128 64]
+usage: python3 scripts/quant_bench.py [--n 8192 16384] [--d 128 64] [--v f16 f16w e4m3w]
 """
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, nargs="+", default=[8192, 16384])
     ap.add_argument("--d", type=int, nargs="+", default=[128, 64])
+    ap.add_argument("--v", nargs="+", default=["f16", "e4m3w"], choices=["f16", "f16w", "e4m3w"],
+                    help="V modes to time (f16w, e4m3w: Q, K and V in the wgmma operand images)")
     a = ap.parse_args()
     B, H = 4, 32
     x = torch.empty(1 << 29, device="cuda", dtype=torch.bfloat16)
@@ -32,7 +34,7 @@ def main():
         for n in a.n:
             q, k, v = (torch.randn(B, H, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
             el = B * H * n * d
-            for mode, image in (("f16", False), ("e4m3w", True)):
+            for mode, image in [(m, m != "f16") for m in a.v]:
                 fn = lambda: quantize(q, k, v, layout="HND", q_groups=ScaleGroups(16, 8),
                                       k_groups=ScaleGroups(128, 4), v_mode=mode, qk_image=image)
                 ms = do_bench(fn, return_mode="median")

@@ -101,19 +101,32 @@ __device__ __forceinline__ int scale_index(int row, int tile, int sub) {
   return (row / tile) * sub + (row % 8) / (8 / sub);
 }
 
-// Channel means of K into shared memory, one channel per thread, summing the stats partials in split order (so
-// the result is bit-identical to a sequential sum). Every 8 threads of a row share 8 channels: reading the
-// partials per channel rather than per thread cuts the L1/L2 traffic 16-fold (ncu: the qkv pass was L2-bound).
+// Combines the stats pass's per-split partials of one channel (stride D apart) in split order with op: all loads
+// of a batch of kBatch splits are issued before the first is used (these L2 round trips sit between a chunk's
+// loads and its first use), and the order keeps a sum bit-identical to a sequential one.
+template <int D, class Op>
+__device__ __forceinline__ float combine_splits(const float* p, int splits, float init, Op op) {
+  constexpr int kBatch = 4;  // the runtime's stats pass uses at most 16 splits (_STATS_SPLITS): one batch
+  float acc = init;
+  for (int s0 = 0; s0 < splits; s0 += kBatch) {
+    float part[kBatch];
+#pragma unroll
+    for (int s = 0; s < kBatch; ++s) part[s] = s0 + s < splits ? p[(s0 + s) * D] : init;
+#pragma unroll
+    for (int s = 0; s < kBatch; ++s) acc = op(acc, part[s]);
+  }
+  return acc;
+}
+
+// Channel means of K into shared memory, one channel per thread. Every 8 threads of a row share 8 channels:
+// reading the partials per channel rather than per thread cuts the L1/L2 traffic 16-fold (ncu: the qkv pass was
+// L2-bound).
 template <int D>
 __device__ __forceinline__ void k_mean_to_smem(const QkvArgs& a, int b, int hk, float* mean) {
   const float* p = a.ksum + (long long)(b * a.Hkv + hk) * a.splits * D;
   const float inv_n = 1.f / float(a.nk);
-  for (int c = threadIdx.x; c < D; c += kThreads) {
-    float acc = 0.f;
-#pragma unroll 4
-    for (int s = 0; s < a.splits; ++s) acc += p[s * D + c];
-    mean[c] = acc * inv_n;
-  }
+  for (int c = threadIdx.x; c < D; c += kThreads)
+    mean[c] = combine_splits<D>(p + c, a.splits, 0.f, [](float x, float y) { return x + y; }) * inv_n;
 }
 
 // Sum over the D/8 lanes that hold one row (they are consecutive lanes of one warp).
@@ -191,14 +204,12 @@ __device__ void quantize_int8_chunk(const QkvArgs& a, const Tensor4& x, int H, i
     const float inv = amax > 0.f ? 127.f / amax : (amax == 0.f ? 0.f : amax);  // NaN amax -> NaN values
     float f[8];
     unpack8<T>(raw[p], f);
-    int32_t qv[8];
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
       const bool live = row < n && ch + i < a.d;
-      const float xv = is_k ? f[i] - mean[i] : f[i];
-      qv[i] = live ? to_int8_rn(xv * inv) : 0;
+      f[i] = live ? (is_k ? f[i] - mean[i] : f[i]) * inv : 0.f;  // |f| <= 127 (amax is over these same values)
     }
-    uint2 packed = make_uint2(pack_int8x4(qv[0], qv[1], qv[2], qv[3]), pack_int8x4(qv[4], qv[5], qv[6], qv[7]));
+    uint2 packed = make_uint2(int8x4_rn(f[0], f[1], f[2], f[3]), int8x4_rn(f[4], f[5], f[6], f[7]));
     int col = ch;
     if constexpr (D <= 128) {
       if (a.qk_image) col = qk_image_col<D>(lrow, ch);  // lrow = row mod 128; the swizzle has period 8
@@ -219,10 +230,17 @@ __device__ void cast_v_f16_chunk(const QkvArgs& a, int chunk_id) {
   const int bh = chunk_id / chunks, chunk = chunk_id % chunks, b = bh / a.Hkv, h = bh % a.Hkv;
   const int cv = threadIdx.x % M::kVecPerRow, r0 = threadIdx.x / M::kVecPerRow, ch = cv * 8;
   __half* out = static_cast<__half*>(a.v_out) + ((long long)bh * a.nk_pad + chunk * kChunk) * D;
-#pragma unroll 4
-  for (int lrow = r0; lrow < kChunk; lrow += M::kRowsPerPass) {
+  // Every load of the chunk in flight before the first store (a loop that loads as it stores keeps few in flight).
+  constexpr int kPasses = kChunk / M::kRowsPerPass;
+  Vec8x16 raw[kPasses];
+#pragma unroll
+  for (int p = 0; p < kPasses; ++p)
+    raw[p] = load_row_vec<T>(a.v, b, h, chunk * kChunk + r0 + p * M::kRowsPerPass, ch, a.nk, a.d);
+#pragma unroll
+  for (int p = 0; p < kPasses; ++p) {
+    const int lrow = r0 + p * M::kRowsPerPass;
     float f[8];
-    unpack8<T>(load_row_vec<T>(a.v, b, h, chunk * kChunk + lrow, ch, a.nk, a.d), f);
+    unpack8<T>(raw[p], f);
     Vec8x16 o;
 #pragma unroll
     for (int i = 0; i < 4; ++i) o.w[i] = pack_half2(f[2 * i], f[2 * i + 1]);
@@ -232,13 +250,19 @@ __device__ void cast_v_f16_chunk(const QkvArgs& a, int chunk_id) {
   }
 }
 
-// Byte of key k in a V image channel row (quant_layout.v_key_position): k = 32g+16h+8a+2t+e goes to
-// 32g+16h+4t+2a+e, so the FP8 P fragment a thread packs from its wgmma accumulator (keys 2t+e, 8+2t+e of each 16)
-// meets V in the order the P.V wgmma reads, with no shuffles.
-__device__ __forceinline__ int v_key_pos(int k) { return (k & ~0xE) | ((k & 6) << 1) | ((k >> 2) & 2); }
+// The four keys whose e4m3 bytes are consecutive at byte 4G of a channel row (G = 0..31): plain rows 4G..4G+3.
+// The image puts key k = 32g+16h+8a+2t+e at byte 32g+16h+4t+2a+e (quant_layout.v_key_position), so that the FP8 P
+// fragment a thread packs from its wgmma accumulator (keys 2t+e, 8+2t+e of each 16) meets V in the order the P.V
+// wgmma reads, with no shuffles: keys 32g+16h+2t+{0,1,8,9} land at 4G for G = 8g+4h+t.
+template <bool kImage> __device__ __forceinline__ int v_group_key(int G, int j) {
+  if constexpr (kImage) return (G & ~3) * 4 + (G & 3) * 2 + (j & 1) + (j & 2) * 4;
+  else return 4 * G + j;
+}
 
 // One 128-key chunk of V -> e4m3 with per-channel scales, transposed through shared memory. kImage = false: plain
-// [D, n_pad] rows; true: the wgmma image [n_pad/128, D, 128] (keys at v_key_pos, 16-byte chunks 128-byte swizzled).
+// [D, n_pad] rows; true: the wgmma image [n_pad/128, D, 128] (keys at v_group_key's positions, 16-byte chunks 128-byte swizzled).
+// Each thread loads the four keys of a group (v_group_key) per channel vector, so it writes each channel's four
+// bytes as one 32-bit shared-memory store instead of four byte stores.
 template <class T, int D, bool kImage>
 __device__ void quantize_v_e4m3_chunk(const QkvArgs& a, int chunk_id) {
   using M = RowMap<D>;
@@ -251,32 +275,39 @@ __device__ void quantize_v_e4m3_chunk(const QkvArgs& a, int chunk_id) {
   const int chunks = a.nk_pad / kChunk;
   const int bh = chunk_id / chunks, chunk = chunk_id % chunks, b = bh / a.Hkv, h = bh % a.Hkv;
   const int cv = threadIdx.x % M::kVecPerRow, r0 = threadIdx.x / M::kVecPerRow, ch = cv * 8;
-  // Issue the chunk's loads first: the amax partials below (L2 hits) then overlap their latency.
-  constexpr int kPasses = kChunk / M::kRowsPerPass;
+  // Issue the chunk's loads first: the amax partials below (L2 hits) then overlap their latency. Pass p = 4q + j
+  // loads key j of this thread's group q.
+  constexpr int kPasses = kChunk / M::kRowsPerPass, kGroups = kPasses / 4;
+  static_assert(kPasses % 4 == 0, "a thread's passes must cover whole four-key groups");
   Vec8x16 raw[kPasses];
 #pragma unroll
   for (int p = 0; p < kPasses; ++p)
-    raw[p] = load_row_vec<T>(a.v, b, h, chunk * kChunk + r0 + p * M::kRowsPerPass, ch, a.nk, a.d);
+    raw[p] = load_row_vec<T>(a.v, b, h, chunk * kChunk + v_group_key<kImage>(r0 * kGroups + p / 4, p % 4), ch,
+                             a.nk, a.d);
   for (int c = threadIdx.x; c < D; c += kThreads) {
-    float mx = 0.f;
-    const float* p = a.vamax + (long long)bh * a.splits * D + c;
-#pragma unroll 4
-    for (int s = 0; s < a.splits; ++s) mx = max_keep_nan(mx, p[s * D]);
+    const float mx = combine_splits<D>(a.vamax + (long long)bh * a.splits * D + c, a.splits, 0.f, max_keep_nan);
     inv_scale[c] = mx > 0.f ? 448.f / mx : (mx == 0.f ? 0.f : mx);
     if (chunk == 0) a.v_scale[(long long)bh * D + c] = mx / 448.f;
   }
   __syncthreads();
+  float inv[8];
 #pragma unroll
-  for (int p = 0; p < kPasses; ++p) {
-    const int lrow = r0 + p * M::kRowsPerPass;
-    float f[8];
-    unpack8<T>(raw[p], f);
-    const int key = kImage ? v_key_pos(lrow) : lrow;
+  for (int i = 0; i < 8; ++i) inv[i] = inv_scale[ch + i];
 #pragma unroll
-    for (int i = 0; i < 8; i += 2) {
-      uint16_t two = pack_e4m3x2(f[i] * inv_scale[ch + i], f[i + 1] * inv_scale[ch + i + 1]);
-      tile[ch + i][swz(ch + i, key)] = uint8_t(two & 0xff);
-      tile[ch + i + 1][swz(ch + i + 1, key)] = uint8_t(two >> 8);
+  for (int q = 0; q < kGroups; ++q) {
+    const int pos = 4 * (r0 * kGroups + q);  // byte of the group's first key in every channel row
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {  // channels ch + 2w, ch + 2w + 1 of the four keys (few registers live)
+      float2 f[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) f[j] = to_float2<T>(raw[4 * q + j].w[w]);
+      const int c0 = ch + 2 * w, c1 = c0 + 1;
+      const uint32_t lo0 = pack_e4m3x2(f[0].x * inv[2 * w], f[1].x * inv[2 * w]);
+      const uint32_t hi0 = pack_e4m3x2(f[2].x * inv[2 * w], f[3].x * inv[2 * w]);
+      const uint32_t lo1 = pack_e4m3x2(f[0].y * inv[2 * w + 1], f[1].y * inv[2 * w + 1]);
+      const uint32_t hi1 = pack_e4m3x2(f[2].y * inv[2 * w + 1], f[3].y * inv[2 * w + 1]);
+      *reinterpret_cast<uint32_t*>(&tile[c0][swz(c0, pos)]) = lo0 | (hi0 << 16);
+      *reinterpret_cast<uint32_t*>(&tile[c1][swz(c1, pos)]) = lo1 | (hi1 << 16);
     }
   }
   __syncthreads();
