@@ -61,7 +61,9 @@ def test_quant_ptx_holds_int8_rounding_and_fp8_conversion(arch):
     ops = _instructions(ptx)
     assert f".target {ARCHES[arch].nvrtc_arch}" in ptx
     assert f".entry {spec.name}(" in ptx
-    assert "cvt.rni.s32.f32" in ops  # int8 quantization: round half to even
+    # int8 quantization: round half to even by adding 1.5 * 2^23 (no cvt), bytes packed by permutes; NaN-keeping amax
+    assert "add.rn.f32" in ops and "0f4B400000" in ptx and "prmt.b32" in ops and "max.NaN.f32" in ptx
+    assert "cvt.rni.s32.f32" not in ops
     hw_e4m3 = "cvt.rn.satfinite.e4m3x2.f32" in ops
     # The e4m3 convert instruction exists from sm89 on; older targets get cuda_fp8.h's software path.
     assert hw_e4m3 == ARCHES[arch].has("mma_e4m3")
@@ -70,7 +72,7 @@ def test_quant_ptx_holds_int8_rounding_and_fp8_conversion(arch):
 def test_quant_without_fp8_v_has_no_fp8_conversion():
     spec = spec_from_name("quant_sm90a_op_qkv_x_f16_v_f16_d64")
     ops = _instructions(compile_ptx(spec.name, render(spec), "sm90a"))
-    assert "cvt.rni.s32.f32" in ops
+    assert "add.rn.f32" in ops and "prmt.b32" in ops
     assert not any("e4m3" in op for op in ops)
 
 

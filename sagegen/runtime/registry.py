@@ -25,8 +25,9 @@ Heuristic (``heuristic``), used whenever nothing was measured for the key:
     goes first: twice the CTAs beats the larger tile's reuse on a half-empty GPU.
   * torch SDPA (cuDNN) where it was measured faster than every sagegen kernel and computes the same thing
     (``SDPA_FASTER``: (arch, precision) -> (d, causal, largest key-length bucket); H100, B*H = 128,
-    BENCHMARKS.md 2026-11-26: "fast" ties or loses up to 4k keys (8k at d=64 causal); "accurate" up to 8k at d=128
-    and up to 4k (8k causal) at d=64), unless SDPA is not allowed
+    BENCHMARKS.md 2026-11-26, after the quantization pass reached ~80% of copy bandwidth: "fast" ties or loses up
+    to 2k keys at d=128 (4k causal) and 4k at d=64 (8k causal); "accurate" up to 4k (8k at d=64 causal)), unless
+    SDPA is not allowed
     (SAGEGEN_FORCE_KERNEL=1, ``sdpa_fallback=False``) or cannot compute the call (GQA, LSE, another output dtype,
     causal with Nq != Nk).
     The result is then exact attention: never slower than cuDNN where it was measured, and more accurate.
@@ -74,11 +75,12 @@ GRANULARITY_ORDER = (("thread", "thread"), ("warp", "block"), ("block", "block")
 # Where torch SDPA's cuDNN backend beat the registry's kernel end to end (NVIDIA H100, B=4, H=32, bf16; e2e vs
 # cuDNN in BENCHMARKS.md): (arch, precision) -> (d, causal) -> the largest key-length bucket where cuDNN won.
 SDPA_FASTER = {
-    # cuDNN where the kernel's mean end-to-end ratio over the same-day H100 runs (three per precision, four for
-    # accurate d=128) was below 1.04 (a tie goes to cuDNN: it is exact): fast up to 4k keys (8k at d=64 causal);
-    # accurate (FP16 P.V) up to 8k at d=128 and, at d=64 (three consumer warpgroups), up to 4k (causal 8k)
-    ("sm90a", "fast"): {(128, False): 4096, (128, True): 4096, (64, False): 4096, (64, True): 8192},
-    ("sm90a", "accurate"): {(128, False): 8192, (128, True): 8192, (64, False): 4096, (64, True): 8192},
+    # cuDNN where the kernel's mean end-to-end ratio over two same-call-pair H100 runs per precision (2026-11-26,
+    # after the quantization pass reached ~80% of copy bandwidth) was below 1.04 (a tie goes to cuDNN: it is
+    # exact). fast: up to 2k keys at d=128 (4k causal), 4k at d=64 (8k causal); accurate (FP16 P.V): up to 4k,
+    # 8k at d=64 causal.
+    ("sm90a", "fast"): {(128, False): 2048, (128, True): 4096, (64, False): 4096, (64, True): 8192},
+    ("sm90a", "accurate"): {(128, False): 4096, (128, True): 4096, (64, False): 4096, (64, True): 8192},
 }
 
 # (m, s, overlap, pingpong, rowsum) per (P.V format, head dim, causal), best first (NVIDIA H100 / H200, B=4, H=32,

@@ -58,7 +58,8 @@ class QuantSpec(KernelSpec):
         """CTAs per SM the qkv pass's register allocation must allow (``__launch_bounds__``). The pass is
         latency-bound: left alone the compiler gave d=128 102-168 registers (1-2 CTAs per SM) and ncu showed 21% of
         DRAM bandwidth. Measured on the H100 (scripts/quant_bench.py, N=8k, e4m3w): d=128 with 3 CTAs 1418 -> 837
-        us (80 registers, 12 bytes of spill), d=64 with 4 CTAs 469 -> 434 us. d=256 keeps the compiler's choice."""
+        us (80 registers, 12 bytes of spill; 32 after the 2026-11-26 rewrite, which measured faster), d=64 with 4
+        CTAs 469 -> 434 us. d=256 keeps the compiler's choice."""
         if self.op != "qkv":
             return 1
         return {64: 4, 128: 3}.get(self.d, 1)

@@ -418,13 +418,13 @@ def test_choose_every_arch_without_a_table():
 
 # --- the measured SDPA rule ---------------------------------------------------------------------------------------
 # (precision, d, causal, N, cuDNN expected): the FP16-P.V kernels are slower than the FP8 ones, so cuDNN stays
-# ahead of the accurate ones to longer lengths
+# ahead of the accurate ones to longer lengths at d=128
 SDPA_RULE_CASES = [
-    ("fast", 128, False, 4096, True), ("fast", 128, False, 4097, False), ("fast", 128, True, 1024, True),
-    ("fast", 128, True, 16384, False), ("fast", 64, False, 4096, True), ("fast", 64, False, 8192, False),
+    ("fast", 128, False, 2048, True), ("fast", 128, False, 2049, False), ("fast", 128, True, 4096, True),
+    ("fast", 128, True, 4097, False), ("fast", 64, False, 4096, True), ("fast", 64, False, 8192, False),
     ("fast", 64, True, 8192, True), ("fast", 64, True, 16384, False),
-    ("accurate", 128, False, 8192, True), ("accurate", 128, False, 16384, False), ("accurate", 128, True, 8192, True),
-    ("accurate", 128, True, 16384, False), ("accurate", 64, False, 4096, True), ("accurate", 64, False, 8192, False),
+    ("accurate", 128, False, 4096, True), ("accurate", 128, False, 8192, False), ("accurate", 128, True, 4096, True),
+    ("accurate", 128, True, 8192, False), ("accurate", 64, False, 4096, True), ("accurate", 64, False, 8192, False),
     ("accurate", 64, True, 8192, True), ("accurate", 64, True, 16384, False)]
 
 
