@@ -123,8 +123,11 @@ class QuantPlan:
             raise ValueError(f"qk_image needs d <= 128 (no operand image for padded head dim {D}), got d={d}")
         nq_pad, nk_pad = padded_len(nq), padded_len(nk)
         rows_per_split = max(N_ALIGN, -(-nk // _STATS_SPLITS))
-        splits = -(-nk // rows_per_split)
         fp8_v = v_mode == "e4m3t" or v_mode == "e4m3w"
+        # Every key in one chunk and no Q.mean(K) to compute: the qkv pass's K and V CTAs take the statistics from
+        # their own rows (splits = 0), one launch instead of two (the hot path of short sequences).
+        self.local_stats = nk <= N_ALIGN and not with_qk_bias
+        splits = 0 if self.local_stats else -(-nk // rows_per_split)
         self.D = D
         self.stats = _quant_spec(arch, "stats", x, "e4m3t" if fp8_v else "none", D)  # e4m3w: the same V amax
         self.qkv = _quant_spec(arch, "qkv", x, v_mode, D)
@@ -134,9 +137,11 @@ class QuantPlan:
         self.qkv_ints = (Hq, Hkv, nq, nk, d, nq_pad, nk_pad, q_groups.tile, q_groups.sub, k_groups.tile,
                          k_groups.sub, splits, 1 if qk_image else 0)
         f32 = torch.float32
-        buffers = {"ksum": ((B, Hkv, splits, D), f32)}
-        if fp8_v:
-            buffers["vamax"] = ((B, Hkv, splits, D), f32)
+        buffers = {}
+        if not self.local_stats:
+            buffers["ksum"] = ((B, Hkv, splits, D), f32)
+            if fp8_v:
+                buffers["vamax"] = ((B, Hkv, splits, D), f32)
         buffers["q8"] = ((B, Hq, nq_pad, D), torch.int8)
         buffers["q_scale"] = ((B, Hq, q_groups.count(nq)), f32)
         buffers["k8"] = ((B, Hkv, nk_pad, D), torch.int8)
@@ -151,10 +156,11 @@ class QuantPlan:
 
     def launch(self, device: int, stream: int, q: int, qs, k: int, ks, v: int, vs, ksum: int, vamax: int, q8: int,
                q_scale: int, k8: int, k_scale: int, v_out: int, v_scale: int, qk_bias: int) -> None:
-        """Both passes on ``stream``. q, k, v and the buffers are device addresses (0: absent); qs, ks, vs the
-        inputs' (batch, head, token) strides in elements."""
-        L.launch(self.stats, STATS_PARAMS, self.stats_grid, QuantSpec.THREADS, 0, device, stream,
-                 k, *ks, v, *vs, *self.stats_ints, ksum, vamax)
+        """Both passes (the qkv pass alone with local_stats) on ``stream``. q, k, v and the buffers are device
+        addresses (0: absent); qs, ks, vs the inputs' (batch, head, token) strides in elements."""
+        if not self.local_stats:
+            L.launch(self.stats, STATS_PARAMS, self.stats_grid, QuantSpec.THREADS, 0, device, stream,
+                     k, *ks, v, *vs, *self.stats_ints, ksum, vamax)
         L.launch(self.qkv, QKV_PARAMS, self.qkv_grid, QuantSpec.THREADS, 0, device, stream,
                  q, *qs, k, *ks, v, *vs, *self.qkv_ints, ksum, vamax, q8, q_scale, k8, k_scale, v_out, v_scale, qk_bias)
 

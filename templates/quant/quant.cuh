@@ -86,7 +86,8 @@ struct QkvArgs {
   Tensor4 q, k, v;
   int Hq, Hkv, nq, nk, d, nq_pad, nk_pad;  // Q and K/V lengths may differ (cross attention, KV cache)
   int q_tile, q_sub, k_tile, k_sub;  // ScaleGroups of Q and K
-  int splits;                        // of the stats pass
+  int splits;                        // of the stats pass; 0: no stats pass, the keys fit one chunk (nk <= 128)
+                                     // and its CTA takes K's mean / V's amax from its own rows (local_stats)
   int qk_image;                      // Q/K in the wgmma operand image (D 64 or 128; quant_layout.qk_to_image)
   const float* ksum;                 // [B, Hkv, splits, D]
   const float* vamax;                // [B, Hkv, splits, D] (FP8 V only)
@@ -116,6 +117,36 @@ __device__ __forceinline__ float combine_splits(const float* p, int splits, floa
     for (int s = 0; s < kBatch; ++s) acc = op(acc, part[s]);
   }
   return acc;
+}
+
+// Without a stats pass (a.splits == 0: every key is in this one chunk), the chunk's CTA computes the statistics
+// from the rows it holds, in the stats pass's order: each thread over its rows r0, r0 + kRowsPerPass, ... (pass
+// order), then the rows of the pass in order, so the K mean is bit-identical to the two-pass one. op: + (K sums)
+// or the NaN-keeping max of |x| (V amax); rows past n hold zeros (load_row_vec), which change neither. One
+// instantiation for both (abs_max a runtime flag): one 8 KB scratch array, not two, in the kernel's static shared
+// memory (sm86/sm89 have 100 KB per SM for the 3-4 CTAs the pass wants).
+template <class T, int D, int kPasses>
+__device__ __forceinline__ void local_stats_to_smem(const Vec8x16 (&raw)[kPasses], bool abs_max, float scale,
+                                                    float* out) {
+  using M = RowMap<D>;
+  __shared__ float red[M::kRowsPerPass][D];
+  const int cv = threadIdx.x % M::kVecPerRow, r0 = threadIdx.x / M::kVecPerRow, ch = cv * 8;
+  float acc[8] = {};
+#pragma unroll
+  for (int p = 0; p < kPasses; ++p) {
+    float f[8];
+    unpack8<T>(raw[p], f);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) acc[i] = abs_max ? max_keep_nan(acc[i], fabsf(f[i])) : acc[i] + f[i];
+  }
+#pragma unroll
+  for (int i = 0; i < 8; ++i) red[r0][ch + i] = acc[i];
+  __syncthreads();
+  for (int c = threadIdx.x; c < D; c += kThreads) {
+    float x = 0.f;
+    for (int r = 0; r < M::kRowsPerPass; ++r) x = abs_max ? max_keep_nan(x, red[r][c]) : x + red[r][c];
+    out[c] = abs_max ? x : x * scale;
+  }
 }
 
 // Channel means of K into shared memory, one channel per thread. Every 8 threads of a row share 8 channels:
@@ -170,8 +201,11 @@ __device__ void quantize_int8_chunk(const QkvArgs& a, const Tensor4& x, int H, i
 
   __shared__ float s_mean[D];
   const int hk = is_k ? h : h / (a.Hq / a.Hkv);
-  const bool need_mean = is_k || a.qk_bias != nullptr;
-  if (need_mean) k_mean_to_smem<D>(a, b, hk, s_mean);
+  const bool need_mean = is_k || a.qk_bias != nullptr;  // splits == 0 only without qk_bias (QuantPlan)
+  if (need_mean) {
+    if (a.splits == 0) local_stats_to_smem<T, D, kPasses>(raw, false, 1.f / float(a.nk), s_mean);
+    else k_mean_to_smem<D>(a, b, hk, s_mean);
+  }
   __syncthreads();
   float mean[8];
 #pragma unroll
@@ -284,8 +318,14 @@ __device__ void quantize_v_e4m3_chunk(const QkvArgs& a, int chunk_id) {
   for (int p = 0; p < kPasses; ++p)
     raw[p] = load_row_vec<T>(a.v, b, h, chunk * kChunk + v_group_key<kImage>(r0 * kGroups + p / 4, p % 4), ch,
                              a.nk, a.d);
+  if (a.splits == 0) {  // one chunk holds every key: its amax from the rows in hand (raw is in group order)
+    local_stats_to_smem<T, D, kPasses>(raw, true, 1.f, inv_scale);
+    __syncthreads();
+  }
   for (int c = threadIdx.x; c < D; c += kThreads) {
-    const float mx = combine_splits<D>(a.vamax + (long long)bh * a.splits * D + c, a.splits, 0.f, max_keep_nan);
+    const float mx = a.splits == 0 ? inv_scale[c]
+                                   : combine_splits<D>(a.vamax + (long long)bh * a.splits * D + c, a.splits, 0.f,
+                                                       max_keep_nan);
     inv_scale[c] = mx > 0.f ? 448.f / mx : (mx == 0.f ? 0.f : mx);
     if (chunk == 0) a.v_scale[(long long)bh * D + c] = mx / 448.f;
   }

@@ -382,6 +382,30 @@ def test_quantization_kernels_match_reference(gpu_kernels, layout, dtype, d, n, 
         torch.testing.assert_close(z.qk_bias, bias, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("n", [1, 17, 128])
+@pytest.mark.parametrize("v_mode,image", [("f16", False), ("e4m3t", False), ("e4m3w", True), ("f16w", True)])
+def test_local_statistics_equal_the_two_passes(gpu_kernels, n, v_mode, image):
+    """One chunk of keys without the LSE: the qkv pass takes K's mean and V's amax from its own rows (no stats
+    pass). Every buffer must be bit-identical to the two-pass result (which the test above checks against the
+    reference quantizers); asking for the LSE's q.mean(k) forces the two passes."""
+    from sagegen.quant_layout import k_groups, q_groups
+    from sagegen.runtime.device import device_arch
+    from sagegen.runtime.quant import quant_plan, quantize
+
+    qg, kg = q_groups("thread", 128, 16), k_groups("thread", 128)
+    q, k, v = inputs("outliers", B=2, Hq=4, Hkv=2, nq=n + 5, nk=n, d=128, dtype=BF16, layout="HND", seed=n)
+    kw = dict(layout="HND", q_groups=qg, k_groups=kg, v_mode=v_mode, qk_image=image)
+    local, two = quantize(q, k, v, **kw), quantize(q, k, v, with_qk_bias=True, **kw)
+    arch = device_arch(torch.cuda.current_device()).name
+    assert quant_plan(arch, "bf16", 2, 4, 2, n + 5, n, 128, qg, kg, v_mode, False, image).local_stats
+    for name in ("q8", "q_scale", "k8", "k_scale", "v", "v_scale"):
+        a, b = getattr(local, name), getattr(two, name)
+        if a is None:
+            assert b is None
+            continue
+        assert torch.equal(a.view(torch.uint8), b.view(torch.uint8)), name
+
+
 # --- opcheck with the real kernels (attn_wgmma's: test_gpu_wgmma.py) -------------------------------------------
 def test_opcheck(gpu_kernels):
     q, k, v = inputs(B=1, Hq=4, Hkv=2, nq=200, nk=300, d=128, dtype=BF16, seed=20)

@@ -185,7 +185,8 @@ def test_wgmma_fake_matches_real(fake_hopper, layout, B, Hq, Hkv, nq, nk, d, dty
     with FakeTensorMode() as mode:
         traced = ops.attn_wgmma_op(*(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args))
     assert [meta_of(t) for t in traced] == [meta_of(t) for t in real]
-    assert [e[0].family for e in fake_hopper] == ["quant", "quant", "attn_wgmma"]
+    local = nk <= 128 and not lse  # one chunk of keys, no LSE: no stats pass (quant.QuantPlan.local_stats)
+    assert [e[0].family for e in fake_hopper] == ["quant"] * (1 if local else 2) + ["attn_wgmma"]
 
 
 def test_wgmma_opcheck_schema_and_fake(fake_hopper):

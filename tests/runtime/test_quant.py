@@ -65,6 +65,24 @@ def test_fp16_image_launch_needs_no_v_statistics(recorded):
     assert z.v.shape == (2, 3, 3, 1, 128, 64) and z.v.dtype == torch.float16 and z.v_scale is None
 
 
+@pytest.mark.parametrize("v_mode", ["e4m3w", "f16", "f16w"])
+def test_one_chunk_of_keys_takes_its_statistics_locally(recorded, v_mode):
+    """nk <= 128 without the LSE's q.mean(k): the qkv pass alone (splits = 0), no statistics buffers; with the LSE
+    (or one key more) both passes."""
+    image = v_mode != "f16"
+    quant.quantize(*_qkv(n=128, d=64), layout="HND", q_groups=QG, k_groups=KG, v_mode=v_mode, qk_image=image)
+    ((qkv, grid, args),) = recorded
+    assert qkv.op == "qkv" and args[23] == 0 and quant.QKV_PARAMS.codes[23] == "i"
+    assert args[25] == args[26] == 0 and quant.QKV_PARAMS.codes[25:27] == "pp"  # ksum, vamax: no buffers
+    recorded.clear()
+    quant.quantize(*_qkv(n=128, d=64), layout="HND", q_groups=QG, k_groups=KG, v_mode=v_mode, qk_image=image,
+                   with_qk_bias=True)
+    assert [spec.op for spec, _, _ in recorded] == ["stats", "qkv"] and recorded[1][2][23] == 1
+    recorded.clear()
+    quant.quantize(*_qkv(n=129, d=64), layout="HND", q_groups=QG, k_groups=KG, v_mode=v_mode, qk_image=image)
+    assert [spec.op for spec, _, _ in recorded] == ["stats", "qkv"] and recorded[1][2][23] == 2
+
+
 @pytest.mark.parametrize("d", [129, 256])
 def test_qk_image_rejects_head_dims_above_128(recorded, d):
     with pytest.raises(ValueError, match="qk_image"):
@@ -74,7 +92,7 @@ def test_qk_image_rejects_head_dims_above_128(recorded, d):
 
 def test_inputs_not_vector_ready_are_copied_to_aligned_rows(recorded):
     """A contiguous q at a base 2 bytes past a 16-byte boundary, and k in rows of 132 elements: both copied."""
-    q, k, v = _qkv(n=100, d=128)
+    q, k, v = _qkv(n=200, d=128)  # two chunks of keys: both passes
     shifted = torch.empty(q.numel() + 1, dtype=q.dtype)[1:].view(q.shape).copy_(q)
     wide = torch.zeros(*k.shape[:-1], 132, dtype=k.dtype)[..., :128].copy_(k)
     assert shifted.is_contiguous() and shifted.data_ptr() % 16 and wide.stride(2) == 132
@@ -82,7 +100,7 @@ def test_inputs_not_vector_ready_are_copied_to_aligned_rows(recorded):
     (_, _, stats_args), (_, _, args) = recorded
     assert args[0] % 16 == 0 and args[0] != shifted.data_ptr()
     assert stats_args[0] % 16 == 0 and args[4] == stats_args[0] != wide.data_ptr()
-    assert tuple(stats_args[1:4]) == tuple(args[5:8]) == (3 * 100 * 128, 100 * 128, 128)  # k's copy: contiguous
+    assert tuple(stats_args[1:4]) == tuple(args[5:8]) == (3 * 200 * 128, 200 * 128, 128)  # k's copy: contiguous
 
 
 # --- on the GPU: the image kernels write exactly the rearranged plain buffers -----------------------------------

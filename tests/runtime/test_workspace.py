@@ -47,7 +47,10 @@ def test_quant_workspace_layout(B, Hq, Hkv, nq, nk, d, v_mode, qk_image, with_qk
                         with_qk_bias, qk_image)
     inner = [n for n in p.buffers if n != "qk_bias"]
     assert set(p.offsets) == set(inner) and ("qk_bias" in p.buffers) == with_qk_bias
-    assert ("v" in p.offsets) == (v_mode != "none") and ("vamax" in p.offsets) == v_mode.startswith("e4m3")
+    assert p.local_stats == (nk <= 128 and not with_qk_bias)  # one chunk of keys: no statistics partials
+    assert ("ksum" in p.offsets) != p.local_stats
+    assert ("v" in p.offsets) == (v_mode != "none")
+    assert ("vamax" in p.offsets) == (v_mode.startswith("e4m3") and not p.local_stats)
     sizes = [quant._nbytes(*p.buffers[n]) for n in inner]
     assert_disjoint_and_aligned([p.offsets[n] for n in inner], sizes, p.workspace_bytes)
     assert p.workspace_bytes <= sum(sizes) + ALIGN * len(sizes)
