@@ -37,14 +37,8 @@ __device__ __forceinline__ uint32_t pack_half2(float a, float b) {
   return *reinterpret_cast<uint32_t*>(&h);
 }
 
-// Round half to even and clamp to [-127, 127], as the emulation does (quant_layout.py).
-__device__ __forceinline__ int32_t to_int8_rn(float x) {
-  int32_t q = __float2int_rn(x);
-  return max(-127, min(127, q));
-}
-
-// Four floats already in [-127.5, 127.5] (x * 127 / amax of their group) -> four int8, rounded half to even like
-// to_int8_rn, packed low byte = a. Adding 1.5 * 2^23 rounds x to an integer in the float's low mantissa bits (one
+// Four floats already in [-127.5, 127.5] (x * 127 / amax of their group) -> four int8, rounded half to even as
+// the emulation does (quant_layout.py), packed low byte = a. Adding 1.5 * 2^23 rounds x to an integer in the float's low mantissa bits (one
 // FADD on the FMA pipe instead of F2I on the slow conversion pipe plus two clamps), and three byte permutes pack
 // the low bytes. NaN gives an arbitrary byte: its group's scale is NaN too.
 __device__ __forceinline__ uint32_t int8x4_rn(float a, float b, float c, float d) {
@@ -52,10 +46,6 @@ __device__ __forceinline__ uint32_t int8x4_rn(float a, float b, float c, float d
   const uint32_t ua = __float_as_uint(__fadd_rn(a, kMagic)), ub = __float_as_uint(__fadd_rn(b, kMagic));
   const uint32_t uc = __float_as_uint(__fadd_rn(c, kMagic)), ud = __float_as_uint(__fadd_rn(d, kMagic));
   return __byte_perm(__byte_perm(ua, ub, 0x0040), __byte_perm(uc, ud, 0x0040), 0x5410);
-}
-
-__device__ __forceinline__ uint32_t pack_int8x4(int32_t a, int32_t b, int32_t c, int32_t d) {
-  return (uint32_t(a) & 0xff) | ((uint32_t(b) & 0xff) << 8) | ((uint32_t(c) & 0xff) << 16) | (uint32_t(d) << 24);
 }
 
 // Two floats -> two e4m3 bytes (round to nearest even, saturating to +-448), low byte = a.

@@ -103,14 +103,20 @@ def test_stepped_accumulator_matches_a_scalar_loop(k_step, flush, name):
     assert not torch.equal(got, p @ v)  # the rounding did something
 
 
-def test_fp8_pv_follows_its_definition_on_one_key_block():
-    """One key block, so no online rescaling: out = sum_j e4m3(448 p_j) v8_j / l * v_scale / 448, l = sum_j p_j."""
-    q, k, v = qkv(225, b=1, hq=2, nq=64, nk=64, d=64)
+def _one_fp8_block(seed: int):
+    """q, k, v of one 64-key block (so no online rescaling), its probabilities p (per-thread INT8 scores, exact
+    softmax numerators), V quantized to e4m3 per channel, and P~ = e4m3(448 p)."""
+    q, k, v = qkv(seed, b=1, hq=2, nq=64, nk=64, d=64)
     opts = dict(gran="thread", block_m=64, warp_m=16, block_n=64, smooth_q=False)
     s, _ = _scores_with_dequantized_operands(q, k, bits=8, **opts)
     p = torch.exp(s / 8 - (s / 8).amax(-1, keepdim=True))
     vq = Q.quantize_v_fp8(v)
-    pq = round_e4m3((448 * p).float()).double()
+    return q, k, v, p, vq, round_e4m3((448 * p).float()).double()
+
+
+def test_fp8_pv_follows_its_definition_on_one_key_block():
+    """One key block, so no online rescaling: out = sum_j e4m3(448 p_j) v8_j / l * v_scale / 448, l = sum_j p_j."""
+    q, k, v, p, vq, pq = _one_fp8_block(225)
     ref = pq @ vq.values()[:, :, :64].double() / p.sum(-1, keepdim=True) * vq.scale[:, :, None].double() / 448
     out, _ = sage2_attention(q, k, v, granularity="thread", block_m=64, warp_m=16, block_n=64, inner_bits=None)
     unquantized_p = p @ vq.dequantize()[:, :, :64].double() / p.sum(-1, keepdim=True)
@@ -119,12 +125,7 @@ def test_fp8_pv_follows_its_definition_on_one_key_block():
 
 def test_fp8_pv_row_sum_from_the_mma_divides_by_the_quantized_p():
     """row_sum="pv" (a kernel that appends ones to V): l = sum_j e4m3(448 p_j) / 448 instead of sum_j p_j."""
-    q, k, v = qkv(226, b=1, hq=2, nq=64, nk=64, d=64)
-    opts = dict(gran="thread", block_m=64, warp_m=16, block_n=64, smooth_q=False)
-    s, _ = _scores_with_dequantized_operands(q, k, bits=8, **opts)
-    p = torch.exp(s / 8 - (s / 8).amax(-1, keepdim=True))
-    vq = Q.quantize_v_fp8(v)
-    pq = round_e4m3((448 * p).float()).double()
+    q, k, v, p, vq, pq = _one_fp8_block(226)
     ref = pq @ vq.values()[:, :, :64].double() / pq.sum(-1, keepdim=True) * vq.scale[:, :, None].double()
     kw = dict(granularity="thread", block_m=64, warp_m=16, block_n=64, inner_bits=None)
     out, lse = sage2_attention(q, k, v, row_sum="pv", **kw)
