@@ -43,7 +43,7 @@ class AttnWgmmaSpec(KernelSpec):
     m: int = prefix("m")  # query rows per CTA (64 per consumer warpgroup)
     n: int = prefix("n")  # keys per main-loop step
     s: int = prefix("s")  # shared-memory stages of K and V^T
-    overlap: bool = flag("ovl", "seq")  # softmax of block j+1 under P.V of block j (ovl), or one block at a time
+    overlap: bool = flag("ovl", "seq")  # Q.K^T of block j+1 issued with P.V of block j (ovl), or one at a time
     pingpong: bool = flag("pp", "free")  # consumer warpgroups take turns issuing MMAs (pp), or issue freely
     rowsum: str = word("rs")  # softmax denominator: FADDs over the fp32 p (fma), or the P.V MMA with ones (mma,
     #                           e4m3 only: the ones rows extend the K-major V^T image)

@@ -34,4 +34,17 @@ __device__ __forceinline__ bool block_needs_mask(int j, int m0, int nk, int offs
   return last_col >= nk || (kCausal && last_col > m0 + offset);
 }
 
+// The first block j for which block_needs_mask is true; every later block needs it too (the tail block is the
+// last one, and a block past the diagonal is followed only by blocks further past it).
+template <bool kCausal, int kBlockN>
+__device__ __forceinline__ int first_masked_block(int m0, int nk, int offset) {
+  int first = nk / kBlockN;  // the block holding key nk (past the end when nk is a multiple of kBlockN)
+  if (kCausal) {
+    // (j + 1) * kBlockN - 1 > m0 + offset  <=>  j >= (m0 + offset + 1) / kBlockN, for m0 + offset + 1 > 0
+    const int diag = m0 + offset + 1 <= 0 ? 0 : (m0 + offset + 1) / kBlockN;
+    first = min(first, diag);
+  }
+  return first;
+}
+
 }  // namespace sagegen::attn

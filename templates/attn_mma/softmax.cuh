@@ -6,6 +6,9 @@
 namespace sagegen::attn {
 
 __device__ __forceinline__ float exp2_approx(float x) {  // MUFU.EX2; -inf -> +0
+#ifdef SAGEGEN_PROBE_NO_EXP  // ablation probe (scripts/probe_wgmma.py): an FMUL in place of the exp unit
+  return __fmul_rn(x, 0.5f);
+#endif
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
@@ -59,11 +62,16 @@ __device__ __forceinline__ bool online_softmax(float (&s)[kMTiles][kNTiles][4], 
         for (int j = 0; j + w < kNTiles; j += 2 * w) m[j] = fmaxf(m[j], m[j + w]);
       // Scale before the quad reduction: with per-thread K scales the 4 lanes of a row scale differently.
       block_max[mt][r] = (m[0] - score_bias) * scale[mt][r];  // exact subtraction; -inf stays -inf (scale > 0)
+#ifdef SAGEGEN_PROBE_NO_MAX  // ablation probe (scripts/probe_wgmma.py): no row max (a constant instead)
+      block_max[mt][r] = 0.f;
+#endif
     }
+#ifndef SAGEGEN_PROBE_NO_MAX
 #pragma unroll
   for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
     for (int r = 0; r < 2; ++r) block_max[mt][r] = quad_max(block_max[mt][r]);
+#endif
   bool moved = false;
 #pragma unroll
   for (int mt = 0; mt < kMTiles; ++mt)

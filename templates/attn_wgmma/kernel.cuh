@@ -29,7 +29,7 @@ template <int D, int BlockN, int Consumers, int Stages, bool Overlap, bool PingP
           bool Causal, class OutT, int QTile, int QSub, int KTile, int KSub, class Mma = wg::MmaSm90>
 struct Config {
   static constexpr int kD = D, kBlockN = BlockN, kConsumers = Consumers, kStages = Stages;
-  static constexpr bool kOverlap = Overlap;  // softmax of block j + 1 under P.V of block j
+  static constexpr bool kOverlap = Overlap;  // Q.K^T of block j + 1 issued with P.V of block j (see consume)
   static constexpr bool kPingPong = PingPong;  // consumer warpgroups take turns issuing their MMAs
   // The softmax denominator from the P.V MMA: 8 rows of ones (e4m3 1.0) follow V^T in every stage, so the MMA's
   // N grows by 8 and its last 8 columns hold each row's sum of P; no FADDs, no quad reduction.
@@ -43,6 +43,12 @@ struct Config {
   static constexpr int kSlack = PvF16 ? 8 : 0;
   static constexpr int kBlockM = 64 * Consumers, kThreads = 128 * (Consumers + 1);
   static constexpr bool kCausal = Causal;
+  // The blocks that need masking (the key tail, the diagonal) come last, so the main loop can run in two halves:
+  // the first with no mask branch at all. That branch splits the basic block ptxas schedules in. Measured (NVIDIA
+  // H100, B=4, H=32, 8k-16k, two runs each, same call): +6-8% kernel TOPS for d=64 non-causal with the MMA row sum;
+  // a tie or -1-2% at d=128, -5% for d=64 FADD row sums with ping-pong, -2% to -15% causal (the duplicated loop
+  // spills 8-32 bytes at d=128 causal and doubles the code the diagonal tiles run through). So only there.
+  static constexpr bool kSplitMaskLoop = !Causal && D == 64 && MmaRowSum;
   static constexpr int kQTile = QTile, kQSub = QSub, kKTile = KTile, kKSub = KSub;
   static constexpr int kTileQ = kBlockM * D, kTileK = BlockN * D, kTileV = D * BlockN * kVBytes;  // bytes
   static constexpr int kStageV = kTileV + kOnesRows * BlockN;  // V^T (+ the ones rows) per stage
@@ -121,6 +127,12 @@ __device__ __forceinline__ void produce(const Params& p, const Smem& sm, long lo
   for (int j = 0; j < nb; ++j) {
     const int s = j % C::kStages;
     if (j >= C::kStages) sm90::mbar_wait(&sm.empty[s], (j / C::kStages - 1) & 1);
+#ifdef SAGEGEN_PROBE_NO_LOAD  // ablation probe (scripts/probe_wgmma.py): later blocks reuse the first tiles
+    if (j >= C::kStages) {
+      sm90::mbar_arrive(&sm.full[s]);
+      continue;
+    }
+#endif
     sm90::mbar_arrive_expect_tx(&sm.full[s], C::kTileK + C::kTileV);
     sm90::bulk_load(sm.k + s * C::kTileK, gK + (long long)j * C::kTileK, C::kTileK, &sm.full[s]);
     sm90::bulk_load(sm.v + s * C::kStageV, gV + (long long)j * C::kTileV, C::kTileV, &sm.full[s]);
@@ -135,15 +147,21 @@ __device__ __forceinline__ uint32_t pack_e4m3x4(float a, float b, float c, float
 // One consumer warpgroup: 64 query rows; warp w holds rows 16w + g and 16w + g + 8 (g = lane / 4), columns
 // 8c + 2t and 8c + 2t + 1 of every 8-column chunk c (t = lane % 4): one m-tile of attn_mma's softmax fragment.
 //
-// kOverlap: block j's P.V runs on the tensor cores while the softmax of block j + 1 runs on the FMA and exp units
-// (Q.K^T of block j + 1 is issued before P.V of block j; wgmma groups retire in order). One score tile suffices:
-// the scores of block j were packed into P before Q.K^T of block j + 1 overwrites them.
+// kOverlap: Q.K^T of block j + 1 and P.V of block j are issued as one batch, and the softmax of block j + 1 may
+// start once Q.K^T retired (wait<1>; wgmma groups retire in order). One score tile suffices: the scores of block j
+// were packed into P before Q.K^T of block j + 1 overwrites them. In the SASS, ptxas places the P.V wait at the
+// top of the softmax's basic block (docs/perf-notes.md, fourth session), so the softmax runs under the other
+// warpgroup's MMAs, not under its own P.V; forcing it under its own P.V measured slower (d=64) or spilled (d=128).
 template <class C>
 __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw, long long bh, long long bhk, int b,
                                         int h, int m0, int nb) {
   using Mma = typename C::MmaOps;
   constexpr int kNChunks = C::kBlockN / 8, kDChunks = C::kD / 8, kPSteps = C::kBlockN / C::kPvKeyStep;
   constexpr int kPvChunks = C::kPvN / 8;
+  constexpr int kMaskCheck = 0, kMaskNever = 1, kMaskAlways = 2;
+  using MaskCheck = cuda::std::integral_constant<int, kMaskCheck>;
+  using MaskNever = cuda::std::integral_constant<int, kMaskNever>;
+  using MaskAlways = cuda::std::integral_constant<int, kMaskAlways>;
   const int tid = threadIdx.x % 128, warp = tid / 32, lane = tid % 32, g = lane / 4, tq = lane % 4;
   const int wg_m0 = m0 + cw * 64, row0 = wg_m0 + warp * 16 + g;
   const int q_groups = p.nq_pad / C::kQTile * C::kQSub, k_groups = p.nk_pad / C::kKTile * C::kKSub;
@@ -174,26 +192,46 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
   // Block j's K scale (this thread's group), loaded when its Q.K^T is issued: the global load's latency (an L2
   // hit, hundreds of cycles) then hides under the MMA instead of stalling the softmax that needs it.
   float k_scale = 0.f;
+#ifdef SAGEGEN_PROBE_TRACE  // ablation probe: clock64 at 8 points of each overlapped iteration, lane 0 of each
+  // warpgroup's first warp, head 0 of batch 0, into the LSE buffer (u64 [CTA][warpgroup][block][8]; no LSE then)
+  unsigned long long* trace = (b == 0 && h == 0 && tid == 0 && p.lse != nullptr)
+      ? reinterpret_cast<unsigned long long*>(p.lse) + ((long long)(m0 / C::kBlockM) * C::kConsumers + cw) * nb * 8
+      : nullptr;
+#define SAGEGEN_TRACE(j, e) \
+  do { if (trace != nullptr) trace[(j) * 8 + (e)] = clock64(); } while (0)
+#else
+#define SAGEGEN_TRACE(j, e) do {} while (0)
+#endif
   auto issue_qk = [&](int j) {  // S = bias + Q.K^T (s32) for block j, once its stage has landed
     k_scale = p.k_scale[bhk * k_groups + attn::scale_group(j * C::kBlockN + 2 * tq, C::kKTile, C::kKSub)];
     const int s = stage_of(j);
     sm90::mbar_wait(&sm.full[s], (j / C::kStages) & 1);
+    if (j >= 1) SAGEGEN_TRACE(j - 1, 2);
     const uint64_t k_desc = desc_plus(k_desc0, s * C::kTileK);
 #pragma unroll
     for (int i = 0; i < kNChunks * 4; ++i) s_acc[i] = kScoreBiasBits;  // floats without I2F (kScoreBias)
     wg::fence_operands(s_acc);
     Mma::begin();
+#ifndef SAGEGEN_PROBE_NO_MMA  // ablation probe: no MMA issued; the pipeline and the softmax run on constants
 #pragma unroll
     for (int kk = 0; kk < C::kD / 32; ++kk)
       Mma::template qk<C::kBlockN>(desc_plus(q_desc, kk * 32), desc_plus(k_desc, kk * 32),
                                    s_acc, true);
+#endif
     Mma::commit();
   };
   // Block j's scores (landed) -> p * 2^kLog2PGain in sc, row rescale in a; whether any row of the warp moved.
-  auto softmax = [&](int j, float (&a)[1][2]) {
+  // masking: kMaskCheck tests the block at run time; the main loop's two halves pass kMaskNever / kMaskAlways.
+  auto softmax = [&](int j, float (&a)[1][2], auto masking) {
     wg::fence_operands(s_acc);
+#ifdef SAGEGEN_PROBE_NO_SOFTMAX  // ablation probe: the scores go into P as they are
+    a[0][0] = a[0][1] = 1.f;
+    return false;
+#endif
     const int col0 = j * C::kBlockN + 2 * tq;
-    if (attn::block_needs_mask<C::kCausal, C::kBlockN>(j, wg_m0, p.nk, p.causal_offset))
+    constexpr int kMasking = decltype(masking)::value;
+    if (kMasking == kMaskAlways ||
+        (kMasking == kMaskCheck && attn::block_needs_mask<C::kCausal, C::kBlockN>(j, wg_m0, p.nk, p.causal_offset)))
       attn::apply_mask<C::kCausal, kNChunks>(sc, row0, col0, p.nk, p.causal_offset);
     // A NaN scale (NaN inputs) must survive the floor: the comparison is false for NaN.
     const float qk = q_scale * k_scale, scale = qk < attn::kMinScale ? attn::kMinScale : qk;
@@ -223,16 +261,20 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
     if constexpr (C::kPvF16) {  // O += P.V; a k-step is 16 keys = two 8-key row groups of the image (2 KB)
       wg::fence_operands(o);
       Mma::begin();
+#ifndef SAGEGEN_PROBE_NO_MMA
 #pragma unroll
       for (int kk = 0; kk < kPSteps; ++kk)
         Mma::template pv_f16<C::kD>(pa[kk], desc_plus(v_desc, kk * 16 * 128), o);
+#endif
       Mma::commit();
     } else {
       wg::fence_operands(ob);
       Mma::begin();
+#ifndef SAGEGEN_PROBE_NO_MMA
 #pragma unroll
       for (int kk = 0; kk < kPSteps; ++kk)
         Mma::template pv<C::kPvN>(pa[kk], desc_plus(v_desc, kk * 32), ob, kk > 0);
+#endif
       Mma::commit();
     }
   };
@@ -283,22 +325,38 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
       issue_qk(0);
       pass_turn();
       Mma::template wait<0>();
-      softmax(0, alpha);
+      softmax(0, alpha, MaskCheck{});
       pack_p();
     }
-    for (int j = 0; j + 1 < nb; ++j) {
+    // One iteration: block j's P.V and block j + 1's softmax (kSplitMaskLoop: see Config).
+    auto step = [&](int j, auto masking) {
+      SAGEGEN_TRACE(j, 0);
       my_turn();
-      issue_qk(j + 1);
+      SAGEGEN_TRACE(j, 1);
+      issue_qk(j + 1);  // (event 2 inside: the stage landed)
       issue_pv(j);
       pass_turn();
+      SAGEGEN_TRACE(j, 3);
       Mma::template wait<1>();  // Q.K^T of block j + 1 retired; P.V of block j may still run
-      const bool moved = softmax(j + 1, alpha_next);
+      SAGEGEN_TRACE(j, 4);
+      const bool moved = softmax(j + 1, alpha_next, masking);
+      SAGEGEN_TRACE(j, 5);
       Mma::template wait<0>();
+      SAGEGEN_TRACE(j, 6);
       finish_pv(j, alpha);
       rescale_o(moved, alpha_next);  // fp16: O (block j in) * alpha_{j+1}, before block j + 1's P.V
       pack_p();  // only now: P.V of block j read the previous P until it retired
+      SAGEGEN_TRACE(j, 7);
       alpha[0][0] = alpha_next[0][0];
       alpha[0][1] = alpha_next[0][1];
+    };
+    if constexpr (C::kSplitMaskLoop) {
+      const int plain_end = min(nb, attn::first_masked_block<C::kCausal, C::kBlockN>(wg_m0, p.nk, p.causal_offset));
+      int j = 0;
+      for (; j + 1 < plain_end; ++j) step(j, MaskNever{});
+      for (; j + 1 < nb; ++j) step(j, MaskCheck{});
+    } else {
+      for (int j = 0; j + 1 < nb; ++j) step(j, MaskCheck{});
     }
     if (nb > 0) {
       my_turn();
@@ -314,7 +372,7 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
     for (int j = 0; j < nb; ++j) {
       issue_qk(j);
       Mma::template wait<0>();
-      rescale_o(softmax(j, alpha), alpha);
+      rescale_o(softmax(j, alpha, MaskCheck{}), alpha);
       pack_p();
       issue_pv(j);
       Mma::template wait<0>();
@@ -341,7 +399,11 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
             attn::pack_out<typename C::Out>(o[4 * c + 2 * r] * inv * vs.x, o[4 * c + 2 * r + 1] * inv * vs.y);
       }
     }
+#ifndef SAGEGEN_PROBE_TRACE  // (the trace owns the LSE buffer)
     if (p.lse != nullptr && tq == 0)
+#else
+    if (false)
+#endif
       p.lse[bh * p.nq + row] = l > 0.f ? (st.max[r] + __log2f(l) - C::kLog2PGain) * kLn2 : attn::kNegInf;
   }
 }
