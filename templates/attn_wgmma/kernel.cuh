@@ -45,10 +45,15 @@ struct Config {
   static constexpr bool kCausal = Causal;
   // The blocks that need masking (the key tail, the diagonal) come last, so the main loop can run in two halves:
   // the first with no mask branch at all. That branch splits the basic block ptxas schedules in. Measured (NVIDIA
-  // H100, B=4, H=32, 8k-16k, two runs each, same call): +6-8% kernel TOPS for d=64 non-causal with the MMA row sum;
-  // a tie or -1-2% at d=128, -5% for d=64 FADD row sums with ping-pong, -2% to -15% causal (the duplicated loop
-  // spills 8-32 bytes at d=128 causal and doubles the code the diagonal tiles run through). So only there.
-  static constexpr bool kSplitMaskLoop = !Causal && D == 64 && MmaRowSum;
+  // H100, B=4, H=32, 8k-32k, same calls, BENCHMARKS.md "fourth session"): +6-8% kernel TOPS for FP8 P.V at d=64
+  // non-causal with the MMA row sum, +0-5% for FP16 P.V at d=128 non-causal (ping-pong, 3 stages); a tie or -1-2%
+  // for FP8 P.V at d=128, -5% for d=64 FADD row sums with ping-pong, -2% to -15% causal (the duplicated loop
+  // spills 8-32 bytes at d=128 causal and doubles the code the diagonal tiles run through). So only where it wins.
+#ifndef SAGEGEN_PROBE_SPLIT_LOOP  // ablation probe (scripts/probe_wgmma.py): the two halves everywhere
+  static constexpr bool kSplitMaskLoop = !Causal && ((D == 64 && MmaRowSum) || (PvF16 && D == 128));
+#else
+  static constexpr bool kSplitMaskLoop = true;
+#endif
   static constexpr int kQTile = QTile, kQSub = QSub, kKTile = KTile, kKSub = KSub;
   static constexpr int kTileQ = kBlockM * D, kTileK = BlockN * D, kTileV = D * BlockN * kVBytes;  // bytes
   static constexpr int kStageV = kTileV + kOnesRows * BlockN;  // V^T (+ the ones rows) per stage
