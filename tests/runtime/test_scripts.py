@@ -1,5 +1,6 @@
 """The GPU scripts' CPU-checkable parts: scripts/bench.py's arithmetic, table and chart, the variants
-scripts/sanitize_small.py picks, and the host-overhead scripts' command lines."""
+scripts/sanitize_small.py picks, the host-overhead scripts' command lines, and the sources
+scripts/probe_wgmma.py compiles."""
 from __future__ import annotations
 
 import importlib.util
@@ -135,3 +136,40 @@ def test_overhead_profile_help(capsys):
     with pytest.raises(SystemExit) as e:
         load("overhead_profile").main(["--help"])
     assert e.value.code == 0 and "--lse" in capsys.readouterr().out
+
+
+PROBE_SPEC = "attn_wgmma_sm90a_qk_i8_pv_e4m3_o_bf16_d64_m128_n128_s3_ovl_free_rs_mma_qg_thread_kg_thread_full"
+
+
+def test_probe_source_defines_each_probe_in_front_of_the_variant():
+    probe = load("probe_wgmma")
+    from sagegen.render import render
+    from sagegen.variants import spec_from_name
+
+    spec = spec_from_name(PROBE_SPEC)
+    assert probe.probe_source(spec, "none") == render(spec)
+    src = probe.probe_source(spec, "NO_EXP+NO_LOAD")
+    assert src == "#define SAGEGEN_PROBE_NO_EXP\n#define SAGEGEN_PROBE_NO_LOAD\n" + render(spec)
+    with pytest.raises(ValueError, match="NO_SUCH"):
+        probe.probe_source(spec, "NO_EXP+NO_SUCH")
+
+
+def test_every_probe_changes_the_compiled_kernel():
+    """A probe whose hook moved or vanished would time the unchanged kernel and report a false finding: each one
+    must have its #if in the headers and must change the PTX NVRTC makes. SPLIT_LOOP is checked on a d=128 FP8
+    variant: the d=64 one already runs the two-halves loop."""
+    probe = load("probe_wgmma")
+    from sagegen.compiler import compile_ptx
+    from sagegen.variants import spec_from_name
+
+    templates = SCRIPTS.parent / "templates"
+    headers = "".join(p.read_text() for p in templates.rglob("*.cuh"))
+    strip = lambda ptx: "\n".join(l for l in ptx.splitlines() if not l.lstrip().startswith((".loc", "//", ".file")))
+    base = {}
+    for name in probe.PROBES:
+        assert f"SAGEGEN_PROBE_{name}" in headers, name
+        spec = spec_from_name(PROBE_SPEC.replace("_d64_", "_d128_") if name == "SPLIT_LOOP" else PROBE_SPEC)
+        if spec.name not in base:
+            base[spec.name] = strip(compile_ptx(spec.name, probe.probe_source(spec, "none"), spec.arch))
+        ptx = strip(compile_ptx(spec.name, probe.probe_source(spec, name), spec.arch))
+        assert ptx != base[spec.name], f"probe {name} leaves {spec.name} unchanged"
