@@ -163,10 +163,8 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
   using Mma = typename C::MmaOps;
   constexpr int kNChunks = C::kBlockN / 8, kDChunks = C::kD / 8, kPSteps = C::kBlockN / C::kPvKeyStep;
   constexpr int kPvChunks = C::kPvN / 8;
-  constexpr int kMaskCheck = 0, kMaskNever = 1, kMaskAlways = 2;
-  using MaskCheck = cuda::std::integral_constant<int, kMaskCheck>;
-  using MaskNever = cuda::std::integral_constant<int, kMaskNever>;
-  using MaskAlways = cuda::std::integral_constant<int, kMaskAlways>;
+  using MaskCheck = cuda::std::true_type;   // softmax tests at run time whether the block needs masking
+  using MaskNever = cuda::std::false_type;  // the caller knows it does not (kSplitMaskLoop's first half)
   const int tid = threadIdx.x % 128, warp = tid / 32, lane = tid % 32, g = lane / 4, tq = lane % 4;
   const int wg_m0 = m0 + cw * 64, row0 = wg_m0 + warp * 16 + g;
   const int q_groups = p.nq_pad / C::kQTile * C::kQSub, k_groups = p.nk_pad / C::kKTile * C::kKSub;
@@ -226,17 +224,15 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
     Mma::commit();
   };
   // Block j's scores (landed) -> p * 2^kLog2PGain in sc, row rescale in a; whether any row of the warp moved.
-  // masking: kMaskCheck tests the block at run time; the main loop's two halves pass kMaskNever / kMaskAlways.
-  auto softmax = [&](int j, float (&a)[1][2], auto masking) {
+  auto softmax = [&](int j, float (&a)[1][2], auto check_mask) {  // MaskCheck or MaskNever
     wg::fence_operands(s_acc);
 #ifdef SAGEGEN_PROBE_NO_SOFTMAX  // ablation probe: the scores go into P as they are
     a[0][0] = a[0][1] = 1.f;
     return false;
 #endif
     const int col0 = j * C::kBlockN + 2 * tq;
-    constexpr int kMasking = decltype(masking)::value;
-    if (kMasking == kMaskAlways ||
-        (kMasking == kMaskCheck && attn::block_needs_mask<C::kCausal, C::kBlockN>(j, wg_m0, p.nk, p.causal_offset)))
+    if (decltype(check_mask)::value &&
+        attn::block_needs_mask<C::kCausal, C::kBlockN>(j, wg_m0, p.nk, p.causal_offset))
       attn::apply_mask<C::kCausal, kNChunks>(sc, row0, col0, p.nk, p.causal_offset);
     // A NaN scale (NaN inputs) must survive the floor: the comparison is false for NaN.
     const float qk = q_scale * k_scale, scale = qk < attn::kMinScale ? attn::kMinScale : qk;
@@ -334,7 +330,7 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
       pack_p();
     }
     // One iteration: block j's P.V and block j + 1's softmax (kSplitMaskLoop: see Config).
-    auto step = [&](int j, auto masking) {
+    auto step = [&](int j, auto check_mask) {
       SAGEGEN_TRACE(j, 0);
       my_turn();
       SAGEGEN_TRACE(j, 1);
@@ -344,7 +340,7 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
       SAGEGEN_TRACE(j, 3);
       Mma::template wait<1>();  // Q.K^T of block j + 1 retired; P.V of block j may still run
       SAGEGEN_TRACE(j, 4);
-      const bool moved = softmax(j + 1, alpha_next, masking);
+      const bool moved = softmax(j + 1, alpha_next, check_mask);
       SAGEGEN_TRACE(j, 5);
       Mma::template wait<0>();
       SAGEGEN_TRACE(j, 6);
