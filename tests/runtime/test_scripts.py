@@ -1,9 +1,10 @@
 """The GPU scripts' CPU-checkable parts: scripts/bench.py's arithmetic, table and chart, the variants
 scripts/sanitize_small.py picks, the host-overhead scripts' command lines, and the sources
-scripts/probe_wgmma.py compiles."""
+scripts/probe_wgmma.py compiles, the kernels scripts/wgmma_interference.py times."""
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
@@ -173,3 +174,26 @@ def test_every_probe_changes_the_compiled_kernel():
             base[spec.name] = strip(compile_ptx(spec.name, probe.probe_source(spec, "none"), spec.arch))
         ptx = strip(compile_ptx(spec.name, probe.probe_source(spec, name), spec.arch))
         assert ptx != base[spec.name], f"probe {name} leaves {spec.name} unchanged"
+
+
+def test_interference_kernels_run_what_their_names_say():
+    """scripts/wgmma_interference.py: each bench_<MMA>_<ALU> kernel must contain exactly its warpgroups' work (a
+    case that silently lost its MMAs or its exps would report a false interference figure)."""
+    intf = load("wgmma_interference")
+    from sagegen.compiler import compile_ptx
+
+    ptx = compile_ptx("wgmma_interference", intf.SRC, "sm90a")
+    parts = re.split(r"\.entry (bench_\d+_\d+)\(", ptx)  # [header, name, body, name, body, ...]
+    bodies = dict(zip(parts[1::2], parts[2::2]))
+    assert sorted(bodies) == sorted(f"bench_{m}_{a}" for m, a in intf.CASES)
+    for (mma, alu), name in ((c, f"bench_{c[0]}_{c[1]}") for c in intf.CASES):
+        body = bodies[name]
+        # the accumulator's register list, then a descriptor (A from shared memory) or A's registers
+        qk_ss = re.search(r"wgmma\.mma_async\S*s32\.s8\.s8\s*\{[^}]*\},\s*%rd", body)
+        qk_rs = re.search(r"wgmma\.mma_async\S*s32\.s8\.s8\s*\{[^}]*\},\s*\{", body)
+        pv = "f32.e4m3.e4m3" in body
+        assert bool(qk_ss) == (mma in (1, 2)), name
+        assert bool(qk_rs) == (mma in (3, 4)), name
+        assert pv == (mma in (2, 3)), name
+        assert ("ex2.approx.ftz.f32" in body) == (alu in (1, 3, 4)), name
+        assert ("ex2.approx.f16x2" in body) == (alu == 7), name
