@@ -148,8 +148,8 @@ def main():
                         ms = time_ms(run)
                         ms_q = time_ms(lambda: W.quantize_for(q, k, v, spec, "HND", False))
                         ms_e2e = time_ms(lambda: W.forward(q, k, v, spec, layout="HND", sm_scale=d ** -0.5))
-                        label = (f"{spec.pv}-s{spec.s}{'ovl' if spec.overlap else 'seq'}{'pp' if spec.pingpong else ''}"
-                                 f"{'-rsmma' if spec.rowsum == 'mma' else ''}")
+                        label = (f"{spec.pv}-m{spec.m}-s{spec.s}{'ovl' if spec.overlap else 'seq'}"
+                                 f"{'pp' if spec.pingpong else ''}{'-rsmma' if spec.rowsum == 'mma' else ''}")
                         line.append(f"{label} k={tops(B, H, n, d, causal, ms):.0f} "
                                     f"e2e={tops(B, H, n, d, causal, ms_e2e):.0f} quant={ms_q * 1e3:.0f}us")
                     for name, be in (("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION)):

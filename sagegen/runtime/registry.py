@@ -15,14 +15,15 @@ Heuristic (``heuristic``), used whenever nothing was measured for the key:
   * candidates are the precision's variants for (arch, d, causal, out dtype);
   * attn_wgmma (sm90a) before attn_mma; per-thread scales first (as below), then the (stages, overlap, ping-pong,
     row sum) order measured on the H100/H200 per (P.V format, d, causal) (``WGMMA_PREFERRED``, BENCHMARKS.md);
-    FP8 P.V: three stages with intra-warpgroup overlap, the row sum on the MMA except for causal d=128, which
-    prefers ping-pong;
+    FP8 P.V: at d=128 three consumer warpgroups (m=192) one block at a time with the row sum on the MMA, two
+    stages; at d=64 three stages with intra-warpgroup overlap and the row sum on the MMA;
   * scale granularity per-thread Q and K first (H100, N(0,1), d=128: rel-L1 0.010-0.011 against 0.011-0.012 for
     per-warp Q / per-block K and 0.012-0.013 for per-block, at the same speed), then warp/block, then block/block;
   * tiles in the order of the H100 measurements (d=128, bf16, N=8k-16k): (m=128, n=32, w=4, s=2) ~367 TOPS,
     (64, 64, 4, 2) ~362, (128, 64, 8, 2) ~358; anything else after them (larger tiles first);
   * when the grid of 128-row tiles would not fill the GPU once (B*Hq*ceil(Nq/128) < SM count), the 64-row tile
-    goes first: twice the CTAs beats the larger tile's reuse on a half-empty GPU.
+    goes first: twice the CTAs beats the larger tile's reuse on a half-empty GPU. The warpgroup family likewise
+    puts its two-warpgroup (128-row) schedules before the 192-row ones there (a rule, not measured).
   * torch SDPA (cuDNN) where it was measured faster than every sagegen kernel and computes the same thing
     (``SDPA_FASTER``: (arch, precision) -> (d, causal, largest key-length bucket); H100, B*H = 128,
     BENCHMARKS.md 2026-11-26, after the quantization pass reached ~80% of copy bandwidth: "fast" ties or loses up
@@ -84,11 +85,15 @@ SDPA_FASTER = {
 }
 
 # (m, s, overlap, pingpong, rowsum) per (P.V format, head dim, causal), best first (NVIDIA H100 / H200, B=4, H=32,
-# N=8k-32k; BENCHMARKS.md ablation). e4m3: the MMA row sum wins at d=64 (+4-10%), ties at d=128 non-causal;
-# ping-pong helps causal d=128 only; three consumer warpgroups (m=192, one block at a time: the overlapped
-# schedule does not fit their registers) tie at best. f16 (H100, scripts/wgmma_check.py --time): ping-pong wins
+# N=8k-32k; BENCHMARKS.md ablation). e4m3 d=128: three consumer warpgroups one block at a time (m=192, two stages,
+# MMA row sum; the overlapped schedule does not fit their registers) beat every two-warpgroup schedule at 4k-32k,
+# causal or not (H100, fifth session: 855-960 kernel TOPS non-causal against 824-914, 715-908 causal against
+# 704-862): the third warpgroup's MMAs fill the tensor cores while the other two run their softmax. Then the MMA
+# row sum ties the FADD sums, ping-pong helps causal. d=64: the MMA row sum wins (+4-10%); three warpgroups do not
+# fit the overlapped schedule there and one block at a time ties at best. f16 (H100, scripts/wgmma_check.py --time): ping-pong wins
 # everywhere (d=128: 709-717 kernel TOPS with 3 stages against 641-663 without); at d=64 three consumer
 # warpgroups with ping-pong (m=192) beat two by 13-17% (536-574 against 473-492 non-causal, 8k-32k).
+_SEQ_MMA_192 = (192, 2, False, False, "mma")
 _FREE_MMA = (128, 3, True, False, "mma")
 _FREE_FMA = (128, 3, True, False, "fma")
 _PP_MMA = (128, 3, True, True, "mma")
@@ -97,8 +102,8 @@ _PP4_FMA = (128, 4, True, True, "fma")
 _PP3_FMA_192 = (192, 3, True, True, "fma")
 _PP4_FMA_192 = (192, 4, True, True, "fma")
 WGMMA_PREFERRED = {
-    ("e4m3", 128, False): (_FREE_MMA, _PP_FMA, _FREE_FMA, _PP_MMA, _PP4_FMA),
-    ("e4m3", 128, True): (_PP_FMA, _FREE_MMA, _PP_MMA, _PP4_FMA, _FREE_FMA),
+    ("e4m3", 128, False): (_SEQ_MMA_192, _FREE_MMA, _PP_FMA, _FREE_FMA, _PP_MMA, _PP4_FMA),
+    ("e4m3", 128, True): (_SEQ_MMA_192, _PP_FMA, _FREE_MMA, _PP_MMA, _PP4_FMA, _FREE_FMA),
     ("e4m3", 64, False): (_FREE_MMA, _FREE_FMA, _PP_MMA, _PP_FMA),
     ("e4m3", 64, True): (_FREE_MMA, _FREE_FMA, _PP_MMA, _PP_FMA),
     ("f16", 128, False): (_PP_FMA, _PP4_FMA, (128, 4, True, False, "fma"), _FREE_FMA),
@@ -181,10 +186,12 @@ def candidate_specs(key: Key) -> list:
     return list(_candidates(key.arch, key.d, key.causal, key.out, key.precision))
 
 
-def _rank(spec, tiles) -> tuple:
+def _rank(spec, tiles, small_grid: bool) -> tuple:
     g = GRANULARITY_ORDER.index((spec.qg, spec.kg)) if (spec.qg, spec.kg) in GRANULARITY_ORDER else 99
     if isinstance(spec, AttnWgmmaSpec):  # the warpgroup family first wherever it is a candidate
         order = WGMMA_PREFERRED.get((spec.pv, spec.d, spec.causal), ())
+        if small_grid:  # a grid that does not fill the GPU wants more, smaller CTAs: two warpgroups first
+            order = tuple(c for c in order if c[0] == 128) + tuple(c for c in order if c[0] != 128)
         cfg = (spec.m, spec.s, spec.overlap, spec.pingpong, spec.rowsum)
         return (0, g, order.index(cfg) if cfg in order else len(order), spec.name)
     tile = (spec.m, spec.n, spec.w, spec.s)
@@ -200,7 +207,7 @@ def _heuristic(key: Key, small_grid: bool, family: str | None):
     if not cands:
         raise ValueError(f"no attention variant for {key.tag}" + (f" in family {family}" if family else ""))
     tiles = SMALL_GRID_TILES if small_grid else PREFERRED_TILES
-    return min(cands, key=lambda s: _rank(s, tiles))
+    return min(cands, key=lambda s: _rank(s, tiles, small_grid))
 
 
 def heuristic(key: Key, *, sm_count: int | None = None, family: str | None = None):

@@ -18,7 +18,7 @@ OUT_TYPES = {"f16": "__half", "bf16": "__nv_bfloat16"}
 WARPGROUP_ROWS = 64  # rows of one m64nNk32 wgmma: what one consumer warpgroup owns
 # (m, n, s): CTA rows, keys per step, stages. n is the V image's key block (128); m = 128 is two consumer
 # warpgroups, m = 192 three (only where the register estimate fits 160 per thread: d=64 with FP16 P.V, or one block
-# at a time).
+# at a time, "seq").
 TILES = ((128, 128, 2), (128, 128, 3), (128, 128, 4), (192, 128, 2), (192, 128, 3), (192, 128, 4))
 GRANULARITY_PAIRS = (("block", "block"), ("warp", "block"), ("thread", "thread"))
 # (qg, kg) -> the granularity of the SageAttention2 emulation that has the same scale groups (emulation())
@@ -28,10 +28,11 @@ ROW_SUMS = ("fma", "mma")
 # P.V operand format -> (V element bytes, the quantization pass's V mode). e4m3: P = e4m3(448 p), V per-channel e4m3
 # transposed, two-level accumulation. f16: P and V fp16 (V not scaled), accumulated straight into O in fp32.
 PV_FORMATS = {"e4m3": (1, "e4m3w"), "f16": (2, "f16w")}
-# (overlap, pingpong, rowsum) schedules enumerated: the MMA row sum only where softmax overlaps the MMAs (where
-# trading FADDs for tensor work can pay).
+# (overlap, pingpong, rowsum) schedules enumerated. One block at a time ("seq") leaves the tensor cores idle during a
+# warpgroup's softmax unless other warpgroups fill them: with three consumer warpgroups (m = 192) it is the fastest
+# FP8 schedule at d=128 from 16k keys, with the MMA row sum (BENCHMARKS.md, fifth session).
 SCHEDULES = ((True, True, "fma"), (True, False, "fma"), (False, False, "fma"),
-             (True, True, "mma"), (True, False, "mma"))
+             (True, True, "mma"), (True, False, "mma"), (False, False, "mma"))
 
 
 @dataclass(frozen=True)
@@ -79,13 +80,15 @@ class AttnWgmmaSpec(KernelSpec):
         return 1024 + tiles + 8 * (2 * self.s + 1)  # alignment slack, mbarriers
 
     def reg_estimate(self) -> int:
-        """Consumer registers: O, the block's P.V tile (e4m3's two-level accumulation only), S, packed P, plus ~24
-        for addresses and temporaries (the overlap keeps all four live at once; one block at a time never holds S
-        and the P.V tile together)."""
+        """Consumer registers: O, the block's P.V tile (e4m3's two-level accumulation only), S, packed P, plus
+        addresses and temporaries: ~24 when the overlap keeps all four live at once, ~12 one block at a time (S and
+        the P.V tile are never live together). ptxas (sm_90a, 160 registers): e4m3 d=128 m=192 one block at a time
+        fits with FADD row sums (0 spills) and, one register short, with the MMA row sum (one 4-byte value reloaded
+        per key block); every overlapped m=192 schedule with e4m3's two levels spills 32-92 bytes at d=64."""
         f16 = self.pv == "f16"
         o, s = self.d // 2, self.n // 2
         ob, p = (0, self.n // 4) if f16 else ((self.d + self.ones_rows) // 2, self.n // 8)
-        return (o + ob + s + p if self.overlap else o + max(s, ob + p)) + 24
+        return o + ob + s + p + 24 if self.overlap else o + max(s, ob + p) + 12
 
     def check(self):
         if self.qk != "i8":

@@ -66,17 +66,20 @@ def test_heuristic_is_valid_everywhere(arch, d, causal, out, precision):
         assert spec.name in registry.candidates(k)
         if _has_fp8_family(arch):  # the warpgroup family: FP8 P.V for "fast", FP16 P.V for "accurate"
             assert isinstance(spec, AttnWgmmaSpec) and spec.pv == ("e4m3" if precision == "fast" else "f16")
-            _check_wgmma_schedule_rule(spec, k)
+            _check_wgmma_schedule_rule(spec, k, small_grid=small is not None)
         else:  # elsewhere both precisions are the fp32-accumulating mma.sync family
             assert isinstance(spec, AttnMmaSpec) and spec.acc == "f32"
 
 
-def _check_wgmma_schedule_rule(spec, k):
+def _check_wgmma_schedule_rule(spec, k, small_grid=False):
     """Among the per-thread-scale warpgroup candidates, the first (rows, stages, overlap, ping-pong, row sum) of
-    WGMMA_PREFERRED[(pv, d, causal)] that exists is the one picked."""
+    WGMMA_PREFERRED[(pv, d, causal)] that exists is the one picked (on a grid too small to fill the GPU, the first
+    128-row one)."""
     cands = [s for s in registry.candidate_specs(k) if isinstance(s, AttnWgmmaSpec) and (s.qg, s.kg) ==
              ("thread", "thread")]
     order = registry.WGMMA_PREFERRED[(spec.pv, spec.d, spec.causal)]
+    if small_grid:
+        order = [c for c in order if c[0] == 128] + [c for c in order if c[0] != 128]
     first = next(c for c in order if any((s.m, s.s, s.overlap, s.pingpong, s.rowsum) == c for s in cands))
     assert (spec.m, spec.s, spec.overlap, spec.pingpong, spec.rowsum) == first
 
@@ -97,13 +100,18 @@ def test_heuristic_tile_rule():
         registry.heuristic(key(nq=256, batch_heads=8, **acc), sm_count=132)
 
 
-def test_wgmma_heuristic_ignores_the_grid_size():
-    """The wgmma family has one CTA shape (128 rows): a small grid changes nothing."""
-    big = registry.heuristic(key(), sm_count=132)
-    small = registry.heuristic(key(nq=256, batch_heads=8), sm_count=132)
-    assert isinstance(big, AttnWgmmaSpec) and big == small == registry.heuristic(key(nq=256, batch_heads=8))
-    assert big.m == 128 and (big.qg, big.kg) == ("thread", "thread")
-    _check_wgmma_schedule_rule(big, key())
+def test_wgmma_heuristic_small_grid_keeps_two_warpgroups():
+    """FP8 d=128: three consumer warpgroups (192-row CTAs) on a full grid; a grid of 128-row tiles that does not
+    fill the GPU keeps 128-row CTAs, the first two-warpgroup schedule of WGMMA_PREFERRED."""
+    for causal in (False, True):
+        big = registry.heuristic(key(causal=causal), sm_count=132)
+        small = registry.heuristic(key(nq=256, batch_heads=8, causal=causal), sm_count=132)
+        assert isinstance(big, AttnWgmmaSpec) and big.m == 192 and (big.qg, big.kg) == ("thread", "thread")
+        _check_wgmma_schedule_rule(big, key(causal=causal))
+        assert registry.heuristic(key(nq=256, batch_heads=8, causal=causal)) == big  # unknown SM count: full grid
+        order = registry.WGMMA_PREFERRED[("e4m3", 128, causal)]
+        first_128 = next(c for c in order if c[0] == 128)
+        assert small.m == 128 and (small.m, small.s, small.overlap, small.pingpong, small.rowsum) == first_128
 
 
 def test_candidates_are_the_accurate_variants():
