@@ -26,10 +26,10 @@ import torch  # noqa: E402
 
 SRC = r'''
 #include "attn_wgmma/mma_sm90.cuh"
+#include "attn_mma/softmax.cuh"
 #include "common/numeric.cuh"
 using namespace sagegen;
-
-__device__ __forceinline__ float ex2(float x) { float y; asm volatile("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x)); return y; }
+using attn::exp2_approx;
 
 // MMA: 0 none, 1 Q.K^T batches (IGMMA SS), 2 Q.K^T + P.V batches (IGMMA SS + QGMMA RS), 3 the same with Q from
 // registers (IGMMA RS + QGMMA RS), 4 Q.K^T with Q from registers only. ALU: 0 none, 1 softmax,
@@ -41,7 +41,8 @@ __device__ void bench(unsigned long long* out, int mma_iters, int alu_iters) {
   __shared__ volatile int done;
   const int wg = threadIdx.x / 128, tid = threadIdx.x % 128;
   if (threadIdx.x == 0) done = 0;
-  for (int i = threadIdx.x; i < 64 * 1024 / 16; i += blockDim.x) reinterpret_cast<uint4*>(smem)[i] = make_uint4(0, 0, 0, 0);
+  for (int i = threadIdx.x; i < 64 * 1024 / 16; i += blockDim.x)
+    reinterpret_cast<uint4*>(smem)[i] = make_uint4(0, 0, 0, 0);
   asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
   __syncthreads();
   unsigned long long t0 = clock64(), t1 = t0;
@@ -111,28 +112,28 @@ __device__ void bench(unsigned long long* out, int mma_iters, int alu_iters) {
         m = fmaxf(t[0], __shfl_xor_sync(0xffffffffu, t[0], 1));
         m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
       }
-      uint32_t packed = 0;
       if (ALU <= 3) {
 #pragma unroll
         for (int i = 0; i < 64; ++i) {
           const float a = fmaf(x[i], c, -m);
-          x[i] = ALU == 2 ? fmaf(a, 0.5f, 0.25f) : ex2(a);
+          x[i] = ALU == 2 ? fmaf(a, 0.5f, 0.25f) : exp2_approx(a);
         }
       } else if (ALU == 4) {  // MUFU.EX2 only
 #pragma unroll
-        for (int i = 0; i < 64; ++i) x[i] = ex2(x[i]);
+        for (int i = 0; i < 64; ++i) x[i] = exp2_approx(x[i]);
       } else if (ALU == 5) {  // FMNMX only
 #pragma unroll
         for (int i = 0; i < 64; ++i) x[i] = fmaxf(x[i], x[(i + 17) % 64]);
       } else if (ALU == 6) {  // F2FP (e4m3 pairs) only
 #pragma unroll
-        for (int i = 0; i < 64; ++i) x[i] = __uint_as_float(uint32_t(pack_e4m3x2(x[i], x[(i + 1) % 64])) | 0x3c000000u);
+        for (int i = 0; i < 64; ++i)
+          x[i] = __uint_as_float(uint32_t(pack_e4m3x2(x[i], x[(i + 1) % 64])) | 0x3c000000u);
       } else {  // f16x2 forms on 64 registers (bits reinterpreted; only the instruction mix matters)
         auto& h = reinterpret_cast<uint32_t(&)[64]>(x);
 #pragma unroll
         for (int i = 0; i < 64; ++i) {
           uint32_t r;
-          if (ALU == 7) asm volatile("ex2.approx.f16x2 %0, %1;" : "=r"(r) : "r"(h[i]));  // MUFU.EX2.F16 x 2?
+          if (ALU == 7) asm volatile("ex2.approx.f16x2 %0, %1;" : "=r"(r) : "r"(h[i]));  // two MUFU.EX2.F16
           if (ALU == 8) r = pack_half2(x[i], x[(i + 1) % 64]);                           // F2FP.F16.F32.PACK_AB
           if (ALU == 9) {                                                                // e4m3x2 from f16x2
             uint16_t b;
@@ -152,7 +153,8 @@ __device__ void bench(unsigned long long* out, int mma_iters, int alu_iters) {
           h[i] = r;
         }
       }
-      if (ALU == 1) {
+      if (ALU == 1) {  // the pack into P, kept live through the next pass
+        uint32_t packed = 0;
 #pragma unroll
         for (int i = 0; i < 64; i += 4)
           packed ^= uint32_t(pack_e4m3x2(x[i], x[i + 1])) | (uint32_t(pack_e4m3x2(x[i + 2], x[i + 3])) << 16);
@@ -173,7 +175,10 @@ __device__ void bench(unsigned long long* out, int mma_iters, int alu_iters) {
     row[2] = __float_as_uint(sink);
   }
 }
-#define K(M, A) extern "C" __global__ void __launch_bounds__(256, 1) bench_##M##_##A(unsigned long long* o, int a, int b) { bench<M, A>(o, a, b); }
+#define K(M, A) \
+  extern "C" __global__ void __launch_bounds__(256, 1) bench_##M##_##A(unsigned long long* o, int a, int b) { \
+    bench<M, A>(o, a, b); \
+  }
 '''
 
 CASES = ((0, 1), (0, 2), (0, 3), (0, 4), (0, 5), (0, 6), (1, 0), (2, 0), (3, 0), (4, 0),

@@ -90,8 +90,8 @@ SDPA_FASTER = {
 # causal or not (H100, fifth session: 855-960 kernel TOPS non-causal against 824-914, 715-908 causal against
 # 704-862): the third warpgroup's MMAs fill the tensor cores while the other two run their softmax. Then the MMA
 # row sum ties the FADD sums, ping-pong helps causal. d=64: the MMA row sum wins (+4-10%); three warpgroups do not
-# fit the overlapped schedule there and one block at a time ties at best. f16 (H100, scripts/wgmma_check.py --time): ping-pong wins
-# everywhere (d=128: 709-717 kernel TOPS with 3 stages against 641-663 without); at d=64 three consumer
+# fit the overlapped schedule there and one block at a time ties at best. f16 (H100, scripts/wgmma_check.py --time):
+# ping-pong wins everywhere (d=128: 709-717 kernel TOPS with 3 stages against 641-663 without); at d=64 three consumer
 # warpgroups with ping-pong (m=192) beat two by 13-17% (536-574 against 473-492 non-causal, 8k-32k).
 _SEQ_MMA_192 = (192, 2, False, False, "mma")
 _FREE_MMA = (128, 3, True, False, "mma")
@@ -191,7 +191,7 @@ def _rank(spec, tiles, small_grid: bool) -> tuple:
     if isinstance(spec, AttnWgmmaSpec):  # the warpgroup family first wherever it is a candidate
         order = WGMMA_PREFERRED.get((spec.pv, spec.d, spec.causal), ())
         if small_grid:  # a grid that does not fill the GPU wants more, smaller CTAs: two warpgroups first
-            order = tuple(c for c in order if c[0] == 128) + tuple(c for c in order if c[0] != 128)
+            order = sorted(order, key=lambda c: c[0] != 128)  # stable: the measured order within each
         cfg = (spec.m, spec.s, spec.overlap, spec.pingpong, spec.rowsum)
         return (0, g, order.index(cfg) if cfg in order else len(order), spec.name)
     tile = (spec.m, spec.n, spec.w, spec.s)
