@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 import sagegen  # noqa: E402
-from sagegen.runtime import api, launch  # noqa: E402
+from sagegen.runtime import api, launch, registry  # noqa: E402
 from sagegen.runtime.device import current_stream_handle  # noqa: E402
 
 
@@ -42,46 +42,66 @@ def host_us(fn, calls: int) -> tuple[float, float]:
     return best_host, best_total
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--calls", type=int, default=300)
-    ap.add_argument("--n", type=int, default=128)
-    ap.add_argument("--lse", action="store_true", help="return_lse=True (two more allocations and an add)")
-    a = ap.parse_args(argv)
-    q, k, v = (torch.randn(1, 8, a.n, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+def profile_plan(label: str, q, k, v, variant, lse: bool, calls: int) -> list:
+    """Rows (label, (host us, host+GPU us)) for one plan: attention() and its parts."""
     api.clear_plans()
-    call = lambda: sagegen.attention(q, k, v, sdpa_fallback=False, return_lse=a.lse)  # noqa: E731
+    call = lambda: sagegen.attention(q, k, v, sdpa_fallback=False, return_lse=lse, variant=variant)  # noqa: E731
     call()
     (plan,) = api._plans.values()
-    print(f"{torch.cuda.get_device_name()}: q, k, v [1, 8, {a.n}, 128] bf16, {plan.choice.name}")
-    if plan.direct is None:
-        print("this plan has no direct path (eager.runner returned None): only the ops path is timed")
-    rows = [("attention() per call", host_us(call, a.calls)),
-            ("same plan through the torch ops", host_us(lambda: plan._run_kernel(q, k, v, plan.scale), a.calls))]
+    short = plan.choice.spec.family == "attn_short"
+    print(f"{label}: {plan.choice.name}" + ("" if plan.direct is not None else " (no direct path: ops only)"))
+    ops_path = plan._run_short if short else plan._run_kernel
+    rows = [(f"[{label}] attention() per call", host_us(call, calls)),
+            ("  same plan through the torch ops", host_us(lambda: ops_path(q, k, v, plan.scale), calls))]
     if plan.direct is not None:
         d = plan.direct
-        rows.append(("  direct path alone (Direct.__call__)", host_us(lambda: d(q, k, v, plan.scale), a.calls)))
-        real_launch = launch.launch
-        launch.launch = lambda *args: None
+        rows.append(("  direct path alone", host_us(lambda: d(q, k, v, plan.scale), calls)))
+        real_launch, real_cu = launch.launch, launch._cu_launch
+        launch.launch, launch._cu_launch = (lambda *args: None), (lambda *args: (0,))
         try:
-            rows.append(("  direct path, launches skipped", host_us(lambda: d(q, k, v, plan.scale), a.calls)))
+            rows.append(("  direct path, driver call stubbed", host_us(lambda: d(q, k, v, plan.scale), calls)))
         finally:
-            launch.launch = real_launch
-        ws, shape, dt = d.quant.workspace_bytes, d.out_shape, d.out_dtype
-        rows.append(("  workspace + output torch.empty",
-                     host_us(lambda: (torch.empty(ws, device="cuda", dtype=torch.uint8),
-                                      torch.empty(shape, device="cuda", dtype=dt)), a.calls)))
-        rows.append(("  current stream handle", host_us(lambda: current_stream_handle(0), a.calls)))
+            launch.launch, launch._cu_launch = real_launch, real_cu
+        shape, dt = d.out_shape, d.out_dtype
+        if short:
+            rows.append(("  output torch.empty", host_us(lambda: torch.empty(shape, device="cuda", dtype=dt), calls)))
+        else:
+            ws = d.quant.workspace_bytes
+            rows.append(("  workspace + output torch.empty",
+                         host_us(lambda: (torch.empty(ws, device="cuda", dtype=torch.uint8),
+                                          torch.empty(shape, device="cuda", dtype=dt)), calls)))
+        rows.append(("  current stream handle", host_us(lambda: current_stream_handle(0), calls)))
         o = call()
         run = plan.run
         plan.run = lambda *args: o
         try:
-            rows.append(("api layer alone (plan lookup, run mocked)", host_us(call, a.calls)))
+            rows.append(("  api layer alone (plan lookup, run mocked)", host_us(call, calls)))
         finally:
             plan.run = run
-    print(f"{'':44s} {'host us':>8s} {'host+GPU':>9s}")
+    return rows, call
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--calls", type=int, default=300)
+    ap.add_argument("--n", type=int, default=128)
+    ap.add_argument("--lse", action="store_true", help="return_lse=True (more allocations)")
+    a = ap.parse_args(argv)
+    q, k, v = (torch.randn(1, 8, a.n, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    print(f"{torch.cuda.get_device_name()}: q, k, v [1, 8, {a.n}, 128] bf16, return_lse={a.lse}")
+    # The registry's choice (attn_short: one launch, for n <= 128), then the two-launch path it replaces there:
+    # the heuristic's choice among the pass-fed families (attn_wgmma on sm90a, attn_mma elsewhere).
+    shape = api.inspect_inputs(q, k, v, return_lse=a.lse)
+    key = shape.key()
+    family = "attn_wgmma" if key.arch == "sm90a" else "attn_mma"
+    two = registry.heuristic(key, sm_count=api.sm_count(0), family=family)
+    rows, call = profile_plan("default", q, k, v, None, a.lse, a.calls)
+    rows += profile_plan("two launches", q, k, v, two, a.lse, a.calls)[0]
+    print(f"{'':48s} {'host us':>8s} {'host+GPU':>9s}")
     for label, (host, total) in rows:
-        print(f"{label:44s} {host:8.1f} {total:9.1f}")
+        print(f"{label:48s} {host:8.1f} {total:9.1f}")
+    api.clear_plans()
+    call()
     prof = cProfile.Profile()
     prof.enable()
     for _ in range(a.calls):

@@ -3,6 +3,7 @@
     compute-sanitizer --tool memcheck python3 scripts/sanitize_small.py          # ~16 attn_mma variants
     compute-sanitizer --tool racecheck python3 scripts/sanitize_small.py --few   # 4 variants (racecheck is slow)
     ... scripts/sanitize_small.py --family attn_wgmma [--few]                   # the sm90a wgmma family
+    ... scripts/sanitize_small.py --family attn_short                           # every bf16 attn_short variant
     ... scripts/sanitize_small.py --filter 'attn_wgmma_*_m192_*'                 # the variants matching a glob
 
 Tiny shapes put every tail in play: N = 1, 17, 130 (not multiples of any tile), nq > nk with bottom-right causal
@@ -87,7 +88,7 @@ def pick_variants(arch: str, few: bool):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--few", action="store_true", help="only the heuristic's four variants")
-    ap.add_argument("--family", choices=("attn_mma", "attn_wgmma"), default="attn_mma")
+    ap.add_argument("--family", choices=("attn_mma", "attn_wgmma", "attn_short"), default="attn_mma")
     ap.add_argument("--filter", help="instead: the bf16-output variants matching this glob (e.g. '*_m192_*')")
     args = ap.parse_args(argv)
 
@@ -102,6 +103,8 @@ def main(argv=None) -> int:
     arch = device_arch(torch.cuda.current_device()).name
     if args.filter:
         specs = [s for s in select([arch], args.filter) if s.family.startswith("attn_") and s.o == "bf16"]
+    elif args.family == "attn_short":  # (its cases: those with nk <= 128, bf16 inputs)
+        specs = select([arch], "attn_short_*_x_bf16_*")
     else:
         specs = (pick_wgmma_variants if args.family == "attn_wgmma" else pick_variants)(arch, args.few)
     res = build(specs + select([arch], "quant_*"), out_dir=default_out_dir(), jobs=os.cpu_count(), progress=False)
@@ -115,6 +118,8 @@ def main(argv=None) -> int:
             if (d <= 64) != (spec.d == 64) or causal != spec.causal:
                 continue
             for dtype in (torch.float16, torch.bfloat16):
+                if spec.family == "attn_short" and (nk > 128 or dtype != torch.bfloat16):
+                    continue  # the family holds at most 128 keys and reads its own input dtype
                 shape = (lambda h, n: (B, h, n, d)) if layout == "HND" else (lambda h, n: (B, n, h, d))
                 q = torch.randn(shape(Hq, nq), device="cuda", generator=gen).to(dtype)
                 k = torch.randn(shape(Hkv, nk), device="cuda", generator=gen).to(dtype)

@@ -40,7 +40,7 @@ def test_list_prints_the_selected_variant_names():
     r = sagegen("list", "--arch", "sm120", "--filter", "*d128*")
     names = r.stdout.split()
     assert r.returncode == 0 and names
-    assert all(n.startswith(("quant_sm120a_", "attn_mma_sm120a_")) and "d128" in n for n in names)
+    assert all(n.startswith(("quant_sm120a_", "attn_mma_sm120a_", "attn_short_sm120a_")) and "d128" in n for n in names)
     assert f"{len(names)} variants" in r.stderr
 
 

@@ -217,6 +217,12 @@ def _kernel_forward(q, k, v, scale, layout, q_tile, q_sub, k_tile, k_sub, v_mode
     return (o, lse) if return_lse else o
 
 
+def _short_forward(q, k, v, scale, variant, layout, offset, return_lse):
+    """One op: the attn_short variant quantizes and attends in a single launch."""
+    o, lse = ops.attn_short_op(q, k, v, variant, layout, scale, offset, return_lse)
+    return (o, lse) if return_lse else o
+
+
 def _v_mode(dtype_tag: str, d: int, spec) -> str:
     """What the quantization pass does with V for this variant (attn_wgmma: its P.V format's operand image)."""
     return spec.v_mode if spec.family == "attn_wgmma" else v_mode_for(dtype_tag == "f16", d)
@@ -240,6 +246,10 @@ class Plan:
         if choice.kind == "sdpa":
             self.args = (choice.backend, shape.layout, shape.causal)
             self.run = self._run_sdpa
+        elif choice.spec.family == "attn_short":
+            self.args = (choice.spec.name, shape.layout, shape.offset, shape.return_lse)
+            self.direct = eager.runner(shape, choice.spec, "none")
+            self.run = self._run_short if self.direct is None else self._run_short_direct
         else:
             self.args = _kernel_args(shape, choice.spec)
             self.direct = eager.runner(shape, choice.spec, _v_mode(shape.dtype, shape.d, choice.spec))
@@ -253,6 +263,13 @@ class Plan:
         out = self.direct(q, k, v, scale)
         return out if out is not None else _kernel_forward(q, k, v, scale, *self.args)
 
+    def _run_short(self, q, k, v, scale):
+        return _short_forward(q, k, v, scale, *self.args)
+
+    def _run_short_direct(self, q, k, v, scale):
+        out = self.direct(q, k, v, scale)
+        return out if out is not None else _short_forward(q, k, v, scale, *self.args)
+
     def _run_sdpa(self, q, k, v, scale):
         return _sdpa_forward(q, k, v, *self.args, scale)
 
@@ -265,17 +282,23 @@ def clear_plans() -> None:
     _plans.clear()
 
 
-def _check_variant(variant, *, arch: str | None, D: int, causal: bool, out: str):
+def _check_variant(variant, *, arch: str | None, D: int, causal: bool, out: str, dtype: str, nk):
     """The spec of ``variant`` (a name or spec of an attention family) if it can run this call (``arch`` None:
     any arch)."""
     from ..variants.attn_mma import AttnMmaSpec
+    from ..variants.attn_short import MAX_KEYS, AttnShortSpec
     from ..variants.attn_wgmma import AttnWgmmaSpec
 
     spec = ops.spec_for(variant) if isinstance(variant, str) else variant
-    if not isinstance(spec, (AttnMmaSpec, AttnWgmmaSpec)):
-        raise TypeError(f"variant must name an attention variant (attn_mma or attn_wgmma) or be its spec, got "
-                        f"{type(variant).__name__}")
+    if not isinstance(spec, (AttnMmaSpec, AttnWgmmaSpec, AttnShortSpec)):
+        raise TypeError(f"variant must name an attention variant (attn_mma, attn_wgmma or attn_short) or be its "
+                        f"spec, got {type(variant).__name__}")
     problems = []
+    if isinstance(spec, AttnShortSpec):
+        if spec.x != dtype:
+            problems.append(f"input {spec.x} != the inputs' dtype {dtype}")
+        if nk > MAX_KEYS:
+            problems.append(f"nk {nk} > {MAX_KEYS} keys (the family holds every key in shared memory)")
     if arch is not None and spec.arch != arch:
         problems.append(f"arch {spec.arch} != device arch {arch}")
     if spec.d != D:
@@ -291,7 +314,8 @@ def _check_variant(variant, *, arch: str | None, D: int, causal: bool, out: str)
 
 def _resolve_variant(variant, shape: Shape) -> Choice:
     arch = None if shape.device.type == "meta" else device_arch_name(shape.device.index)
-    spec = _check_variant(variant, arch=arch, D=shape.D, causal=shape.causal, out=shape.out)
+    spec = _check_variant(variant, arch=arch, D=shape.D, causal=shape.causal, out=shape.out, dtype=shape.dtype,
+                          nk=shape.nk)
     return Choice("kernel", spec=spec, source="forced")
 
 
@@ -398,7 +422,8 @@ def _traced_choice(dtype: str, out: str, D: int, causal: bool, nq: int, nk: int,
     """
     arch = META_ARCH if device_index < 0 else device_arch_name(device_index)
     if variant:
-        spec = _check_variant(variant, arch=None if device_index < 0 else arch, D=D, causal=causal, out=out)
+        spec = _check_variant(variant, arch=None if device_index < 0 else arch, D=D, causal=causal, out=out,
+                              dtype=dtype, nk=nk)
     else:
         key = registry.Key(arch, dtype, out, D, causal, nq, nk, bh, min(gqa, registry.GQA_BUCKET_MAX), precision)
         if device_index < 0:
@@ -440,6 +465,8 @@ def _traced(q, k, v, is_causal, sm_scale, tensor_layout, return_lse, causal_alig
     if decision.startswith(registry.SDPA_PREFIX):
         return _sdpa_forward(q, k, v, "auto", shape.layout, shape.causal, scale)
     _, variant_name, groups, v_mode = decision.split(":")
+    if variant_name.startswith("attn_short_"):
+        return _short_forward(q, k, v, scale, variant_name, shape.layout, shape.offset, shape.return_lse)
     v_mode = v_mode or v_mode_for(shape.dtype == "f16", shape.d)  # attn_mma: from the true head dim
     q_tile, q_sub, k_tile, k_sub = (int(x) for x in groups.split(","))
     return _kernel_forward(q, k, v, scale, shape.layout, q_tile, q_sub, k_tile, k_sub,
@@ -465,12 +492,15 @@ def attention(q, k, v, *, is_causal: bool = False, sm_scale: float | None = None
     keys 0..i). They differ only when Nq != Nk. A query that sees no key gets output 0 and LSE -inf.
     sm_scale: softmax scale, default 1/sqrt(d). precision: "fast" (default; INT8 Q.K^T + FP8 P.V, rel-L1 ~0.035 on
     N(0,1), on GPUs that have such a family: Hopper sm90a; elsewhere it runs the accurate kernel) or "accurate"
-    (INT8 Q.K^T + FP16 P.V, rel-L1 ~0.01; on sm90a the wgmma family, elsewhere the mma.sync family). "accurate"
+    (INT8 Q.K^T + FP16 P.V, rel-L1 ~0.01; on sm90a the wgmma family, elsewhere the mma.sync family). Short keys
+    (nk <= 128, nq <= 2048, out_dtype = q's dtype) run the attn_short family in either precision: FP16 P.V, the
+    quantization inside the kernel, one launch per call. "accurate"
     casts V to fp16 unscaled: bf16 V entries beyond fp16's range (|v| > 65504) make the output inf or NaN in the
     rows that attend to them ("fast" scales V per channel and has no such limit).
     out_dtype: torch.float16 or torch.bfloat16, default q's dtype. return_lse: also return the log-sum-exp
-    [B, Hq, Nq] fp32 (natural log). variant: run this attn_mma / attn_wgmma variant (name or spec) instead of the
-    registry's choice. sdpa_fallback: None follows SAGEGEN_FORCE_KERNEL; False never calls torch SDPA (see module
+    [B, Hq, Nq] fp32 (natural log). variant: run this attn_mma / attn_wgmma / attn_short variant (name or spec)
+    instead of the registry's choice (attn_short: inputs in its ``x`` dtype, nk <= 128). sdpa_fallback: None
+    follows SAGEGEN_FORCE_KERNEL; False never calls torch SDPA (see module
     docstring).
 
     NaN / Inf inputs propagate, as in torch SDPA, never into silently finite garbage: one in K makes its whole

@@ -57,6 +57,8 @@ class AttentionLaunch:
 
     def __init__(self, spec: AttnMmaSpec, B: int, Hq: int, Hkv: int, nq: int, nk: int, d: int, v_rows: int,
                  out_strides, causal_offset: int):
+        if spec.family != "attn_mma":  # another family's kernel takes other parameters: never launch it here
+            raise TypeError(f"attn_mma launches attn_mma variants, got {spec.name}")
         nq_pad, nk_pad = padded_len(nq), padded_len(nk)
         self.spec, self.grid, self.threads, self.smem = spec, (nq_pad // spec.m, Hq, B), spec.threads, spec.smem_bytes()
         self.out_strides, self.causal_offset = tuple(out_strides), causal_offset

@@ -32,6 +32,8 @@ class AttentionLaunch:
 
     def __init__(self, spec: AttnWgmmaSpec, B: int, Hq: int, Hkv: int, nq: int, nk: int, d: int, out_strides,
                  causal_offset: int):
+        if spec.family != "attn_wgmma":  # another family's kernel takes other parameters: never launch it here
+            raise TypeError(f"attn_wgmma launches attn_wgmma variants, got {spec.name}")
         nq_pad, nk_pad = padded_len(nq), padded_len(nk)
         # ceil: a 192-row CTA tiles a multiple of 128 rows with a partial last CTA (the kernel copes)
         self.spec, self.grid = spec, (-(-nq_pad // spec.m), Hq, B)

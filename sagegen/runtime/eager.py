@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 
 from ..quant_layout import padded_dim, padded_len
-from . import attn_mma, attn_wgmma, quant
+from . import attn_mma, attn_short, attn_wgmma, quant
+from . import launch as L
 from .device import current_device, current_stream_handle
 
 DEVICE_TYPES = ("cuda",)  # tests/runtime/conftest.py adds "cpu" to run this path on a fake GPU
@@ -33,6 +34,8 @@ def runner(shape, spec, v_mode: str) -> "Direct | None":
     ops, until it is added here)."""
     if shape.device.type not in DEVICE_TYPES:
         return None
+    if spec.family == "attn_short":
+        return DirectShort(shape, spec)
     known = (v_mode in ("none", "f16")) if spec.family == "attn_mma" else \
         (v_mode == spec.v_mode) if spec.family == "attn_wgmma" else False
     return Direct(shape, spec, v_mode) if known else None
@@ -40,6 +43,17 @@ def runner(shape, spec, v_mode: str) -> "Direct | None":
 
 def _bhnd(hnd: bool, s) -> tuple[int, int, int]:
     return (s[0], s[1], s[2]) if hnd else (s[0], s[2], s[1])
+
+
+def _takes_ops(q, k, v) -> bool:
+    """Whether this call must go through the ops (module docstring): a dispatch mode, the profiler, a subclass."""
+    return bool(_dispatch_modes() or _profiling() or type(q) is not _Tensor or type(k) is not _Tensor
+                or type(v) is not _Tensor)
+
+
+def _not_vector_ready(qp, kp, vp, qs, ks, vs) -> bool:
+    """16-byte vectors (quant._vector_ready): aligned bases, row strides a multiple of 8 fp16/bf16 elements."""
+    return bool((qp | kp | vp) & 15 or (qs[0] | qs[1] | qs[2] | ks[0] | ks[1] | ks[2] | vs[0] | vs[1] | vs[2]) & 7)
 
 
 class Direct:
@@ -72,13 +86,11 @@ class Direct:
                                                    v_rows, out_strides, shape.offset)
 
     def __call__(self, q, k, v, scale: float):
-        if (_dispatch_modes() or _profiling() or type(q) is not _Tensor or type(k) is not _Tensor
-                or type(v) is not _Tensor):
+        if _takes_ops(q, k, v):
             return None
         qs, ks, vs = q.stride(), k.stride(), v.stride()
         qp, kp, vp = q.data_ptr(), k.data_ptr(), v.data_ptr()
-        # 16-byte vectors (quant._vector_ready): aligned bases, row strides a multiple of 8 fp16/bf16 elements
-        if (qp | kp | vp) & 15 or (qs[0] | qs[1] | qs[2] | ks[0] | ks[1] | ks[2] | vs[0] | vs[1] | vs[2]) & 7:
+        if _not_vector_ready(qp, kp, vp, qs, ks, vs):
             return None
         idx = self.index
         if current_device() != idx:  # the op path switches the current device (launches need its context)
@@ -111,3 +123,43 @@ class Direct:
         # K smoothing removed sm_scale * q . mean(k) from every logit of a row; put it back into the LSE.
         lse.add_(bias, alpha=scale)
         return out, lse
+
+
+class DirectShort:
+    """The attn_short family's direct path: one output allocation (two with the LSE) and one launch; the kernel
+    quantizes the inputs itself and puts smoothing's shift back into the LSE."""
+
+    def __init__(self, shape, spec):
+        dev = shape.device
+        self.device, self.index = dev, (dev.index if dev.index is not None else 0)
+        self.hnd, self.return_lse = shape.layout == "HND", shape.return_lse
+        self.lse_shape = (shape.B, shape.Hq, shape.nq)
+        self.out_shape = (shape.B, shape.Hq, shape.nq, shape.d) if self.hnd else (shape.B, shape.nq, shape.Hq, shape.d)
+        self.out_dtype = attn_mma.OUT_DTYPES[spec.o]
+        self.out_strides = _bhnd(self.hnd, torch.empty(self.out_shape, device="meta").stride())
+        # the kernel's scalar tail (attn_short.PARAMS: Hq Hkv nq nk d, then sm_scale_log2 and the causal offset)
+        self.ints = (shape.Hq, shape.Hkv, shape.nq, shape.nk, shape.d)
+        self.offset = shape.offset
+        launch = attn_short.ShortLaunch(spec, shape.B, shape.Hq, shape.Hkv, shape.nq, shape.nk, shape.d,
+                                        self.out_strides, shape.offset)
+        self.bound = L.Bound(spec, attn_short.PARAMS, launch.grid, launch.threads, launch.smem, self.index)
+
+    def __call__(self, q, k, v, scale: float):
+        if _takes_ops(q, k, v):
+            return None
+        qs, ks, vs = q.stride(), k.stride(), v.stride()
+        qp, kp, vp = q.data_ptr(), k.data_ptr(), v.data_ptr()
+        if _not_vector_ready(qp, kp, vp, qs, ks, vs):
+            return None
+        idx = self.index
+        if current_device() != idx:
+            return None
+        stream = current_stream_handle(idx)
+        out = torch.empty(self.out_shape, device=self.device, dtype=self.out_dtype)
+        lse = torch.empty(self.lse_shape, device=self.device, dtype=torch.float32) if self.return_lse else None
+        h, t = (1, 2) if self.hnd else (2, 1)  # (batch, head, token) strides of the caller's layout
+        os, n = self.out_strides, self.ints
+        self.bound(stream, qp, qs[0], qs[h], qs[t], kp, ks[0], ks[h], ks[t], vp, vs[0], vs[h], vs[t],
+                   out.data_ptr(), os[0], os[1], os[2], 0 if lse is None else lse.data_ptr(),
+                   n[0], n[1], n[2], n[3], n[4], scale * attn_short.LOG2E, self.offset)
+        return out if lse is None else (out, lse)

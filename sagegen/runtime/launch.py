@@ -143,6 +143,34 @@ def launch(spec: KernelSpec, params: Params, grid: tuple[int, int, int], block: 
                            f"shared memory, device {device}): {getattr(err, 'name', err)}")
 
 
+class Bound:
+    """One kernel launch with everything but the stream and the arguments fixed: a plan's hot path calls
+    ``bound(stream, *args)``, skipping launch()'s per-call lookups (kernel handle, shared-memory opt-in)."""
+
+    __slots__ = ("spec", "params", "grid", "block", "smem", "device", "func")
+
+    def __init__(self, spec: KernelSpec, params: Params, grid: tuple[int, int, int], block: int, smem: int,
+                 device: int):
+        self.spec, self.params, self.grid, self.block, self.smem, self.device = spec, params, grid, block, smem, device
+        self.func = None  # loaded on the first call (compiling or reading the cache), as launch() does
+
+    def __call__(self, stream: int, *args) -> None:
+        func = self.func
+        if func is None:  # first call: launch() loads the kernel and opts in to the shared memory
+            launch(self.spec, self.params, self.grid, self.block, self.smem, self.device, stream, *args)
+            self.func = _functions.get(self.spec.name)  # (still None where launch() is stubbed: tests)
+            return
+        try:
+            argv = self.params.pack(args)
+        except struct.error as e:
+            raise TypeError(f"arguments of {self.spec.name} do not match its parameters {self.params.spelled!r}: "
+                            f"{e}") from None
+        g = self.grid
+        (err,) = _cu_launch(func, g[0], g[1], g[2], self.block, 1, 1, self.smem, stream, argv, 0)
+        if err:  # the rare cases (no current context, a launch error) take launch()'s handling
+            launch(self.spec, self.params, self.grid, self.block, self.smem, self.device, stream, *args)
+
+
 def _bound_primary_context(err, device: int) -> bool:
     """After CUDA_ERROR_INVALID_CONTEXT: make ``device``'s primary context (torch's) current in this thread and
     say whether that worked. A CUkernel on the legacy default stream (handle 0) launches in the current context, and

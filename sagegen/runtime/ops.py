@@ -3,6 +3,7 @@
   sagegen::quantize    the quantization passes (K stats, then INT8 Q/K + the V mode), sagegen.quant_layout
   sagegen::attn_mma    one mma.sync attention variant on the quantized buffers
   sagegen::attn_wgmma  one sm90a wgmma attention variant on the quantized buffers (operand images, FP8 V)
+  sagegen::attn_short  one attn_short variant on the caller's q, k, v (nk <= 128): quantization inside, one launch
 
 Defined through the low-level ``torch.library.Library`` API rather than ``torch.library.custom_op``: measured on
 a 2-core CPU box, a custom_op call costs ~13 us of Python dispatch, a Library op with these schemas ~3.5 us, and
@@ -23,7 +24,7 @@ import torch
 
 from ..quant_layout import ScaleGroups, padded_dim, padded_len
 from ..variants import spec_from_name
-from . import attn_mma, attn_wgmma, quant
+from . import attn_mma, attn_short, attn_wgmma, quant
 from .quant import Quantized, _vector_ready, bhnd_strides
 
 _lib = torch.library.Library("sagegen", "DEF")
@@ -38,6 +39,10 @@ _lib.define(
 _lib.define(
     "attn_wgmma(Tensor q8, Tensor q_scale, Tensor k8, Tensor k_scale, Tensor v8, Tensor v_scale, Tensor qk_bias, "
     "str variant, str layout, SymInt nq, SymInt nk, SymInt d, float sm_scale, SymInt causal_offset, "
+    "bool return_lse) -> (Tensor out, Tensor lse)")
+
+_lib.define(
+    "attn_short(Tensor q, Tensor k, Tensor v, str variant, str layout, float sm_scale, SymInt causal_offset, "
     "bool return_lse) -> (Tensor out, Tensor lse)")
 
 V_MODES = ("none", "f16", "e4m3t", "e4m3w", "f16w")
@@ -163,7 +168,26 @@ def _wgmma_fake(q8, q_scale, k8, k_scale, v8, v_scale, qk_bias, variant, layout,
                       causal_offset, return_lse)
 
 
+# --- sagegen::attn_short ----------------------------------------------------------------------------------------
+def _short_cuda(q, k, v, variant, layout, sm_scale, causal_offset, return_lse):
+    with _on_device(q):
+        out, lse = attn_short.forward(q, k, v, spec_for(variant), layout=layout, sm_scale=sm_scale,
+                                      causal_offset=causal_offset, return_lse=return_lse)
+    if lse is None:
+        lse = torch.empty(0, device=q.device, dtype=torch.float32)
+    return out, lse
+
+
+def _short_fake(q, k, v, variant, layout, sm_scale, causal_offset, return_lse):
+    B, Hq, nq, _ = _dims(q, layout)
+    out = q.new_empty(q.shape, dtype=attn_mma.OUT_DTYPES[spec_for(variant).o])
+    lse = q.new_empty((B, Hq, nq) if return_lse else (0,), dtype=torch.float32)
+    return out, lse
+
+
 _lib.impl("quantize", _quantize_cuda, "CUDA")
+_lib.impl("attn_short", _short_cuda, "CUDA")
+torch.library.register_fake("sagegen::attn_short", _short_fake, lib=_lib)
 _lib.impl("attn_wgmma", _wgmma_cuda, "CUDA")
 torch.library.register_fake("sagegen::attn_wgmma", _wgmma_fake, lib=_lib)
 _lib.impl("attn_mma", _attn_cuda, "CUDA")
@@ -173,3 +197,4 @@ torch.library.register_fake("sagegen::attn_mma", _attn_fake, lib=_lib)
 quantize_op = torch.ops.sagegen.quantize.default
 attn_mma_op = torch.ops.sagegen.attn_mma.default
 attn_wgmma_op = torch.ops.sagegen.attn_wgmma.default
+attn_short_op = torch.ops.sagegen.attn_short.default

@@ -11,8 +11,13 @@ Precision classes (``PRECISIONS``), each a set of families:
     attn_mma variants stay candidates for the autotuner), attn_mma on every other arch (its fp16-accumulator
     variants run only when named through ``attention(variant=...)``).
 
+Short keys (``nk`` <= 128, ``nq`` <= SHORT_MAX_QUERIES, output dtype = input dtype): the attn_short variants come
+first in either precision. They quantize inside the kernel (one launch, no quantization buffers) and run FP16 P.V,
+at least as accurate as either precision promises. H100 (scripts/short_bench.py, BENCHMARKS.md): host time per
+call 40% lower than the two-launch path, GPU time 10-30% lower up to 2k queries.
+
 Heuristic (``heuristic``), used whenever nothing was measured for the key:
-  * candidates are the precision's variants for (arch, d, causal, out dtype);
+  * candidates are the precision's variants for (arch, d, causal, out dtype), after attn_short's for short keys;
   * attn_wgmma (sm90a) before attn_mma; per-thread scales first (as below), then the (stages, overlap, ping-pong,
     row sum) order measured on the H100/H200 per (P.V format, d, causal) (``WGMMA_PREFERRED``, BENCHMARKS.md);
     FP8 P.V: at d=128 three consumer warpgroups (m=192) one block at a time with the row sum on the MMA, two
@@ -58,8 +63,9 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..variants import attn_mma, attn_wgmma
+from ..variants import attn_mma, attn_short, attn_wgmma
 from ..variants.attn_mma import AttnMmaSpec
+from ..variants.attn_short import AttnShortSpec
 from ..variants.attn_wgmma import AttnWgmmaSpec
 
 PRECISIONS = ("fast", "accurate")
@@ -73,6 +79,14 @@ GQA_BUCKET_MAX = 16
 PREFERRED_TILES = ((128, 32, 4, 2), (64, 64, 4, 2), (128, 64, 8, 2))
 SMALL_GRID_TILES = ((64, 64, 4, 2), (128, 32, 4, 2), (128, 64, 8, 2))
 GRANULARITY_ORDER = (("thread", "thread"), ("warp", "block"), ("block", "block"))
+# attn_short (m, n, w), best first: the 8-warp tile ran as fast or faster than the 4-warp ones on every shape
+# measured, small grids included (H100, scripts/short_bench.py --tiles, BENCHMARKS.md): the prologue quantizing
+# 128 keys is latency-bound, and twice the warps share it.
+SHORT_TILES = ((128, 64, 8), (64, 64, 4), (64, 128, 4))
+# attn_short serves query lengths up to this bucket: every CTA quantizes all keys again, so with many query tiles
+# the two-launch path catches up (H100, nk=77, B=2, H=16, GPU us: d=128 nq=2048 51 vs 55, nq=4096 103 vs 90;
+# d=64 nq=4096 57 vs 57).
+SHORT_MAX_QUERIES = 2048
 # Where torch SDPA's cuDNN backend beat the registry's kernel end to end (NVIDIA H100, B=4, H=32, bf16; e2e vs
 # cuDNN in BENCHMARKS.md): (arch, precision) -> (d, causal) -> the largest key-length bucket where cuDNN won.
 SDPA_FASTER = {
@@ -151,7 +165,7 @@ class Choice:
     """What to run: a sagegen kernel (``spec``) or torch SDPA (``backend`` flash / cudnn)."""
 
     kind: str  # "kernel" or "sdpa"
-    spec: AttnMmaSpec | AttnWgmmaSpec | None = None
+    spec: AttnMmaSpec | AttnWgmmaSpec | AttnShortSpec | None = None
     backend: str | None = None
     source: str = "heuristic"  # heuristic, tuned, forced
 
@@ -167,27 +181,45 @@ def _variants(arch: str) -> tuple:
 
 
 @functools.cache
-def _candidates(arch: str, d: int, causal: bool, out: str, precision: str) -> tuple:
+def _short_variants(arch: str) -> tuple:
+    return tuple(attn_short.enumerate_variants(arch))
+
+
+@functools.cache
+def _candidates(arch: str, d: int, causal: bool, out: str, precision: str, dtype: str = "",
+                short: bool = False) -> tuple:
+    """The precision's variants for (arch, d, causal, out); with ``short`` (every key fits attn_short) the
+    attn_short variants reading ``dtype`` come first (FP16 P.V: at least as accurate as either precision asks)."""
+    shorts = tuple(s for s in _short_variants(arch) if s.d == d and s.causal == causal and s.o == out
+                   and s.x == dtype) if short else ()
     fits = [s for s in _variants(arch) if s.d == d and s.causal == causal and s.o == out]
     fast = [s for s in fits if isinstance(s, AttnWgmmaSpec) and s.pv == "e4m3"]
     if precision == "fast" and fast:
-        return tuple(fast)
-    return tuple(s for s in fits if (isinstance(s, AttnWgmmaSpec) and s.pv == "f16")
-                 or (isinstance(s, AttnMmaSpec) and s.acc == "f32"))
+        return shorts + tuple(fast)
+    return shorts + tuple(s for s in fits if (isinstance(s, AttnWgmmaSpec) and s.pv == "f16")
+                          or (isinstance(s, AttnMmaSpec) and s.acc == "f32"))
+
+
+def _key_candidates(key: Key) -> tuple:
+    short = key.nk <= attn_short.MAX_KEYS and key.nq <= SHORT_MAX_QUERIES
+    return _candidates(key.arch, key.d, key.causal, key.out, key.precision, key.dtype, short)
 
 
 def candidates(key: Key, *, include_sdpa: bool = False) -> list[str]:
     """Names of the variants the autotuner times for ``key`` (plus ``sdpa:flash`` / ``sdpa:cudnn`` if asked)."""
-    names = [s.name for s in _candidates(key.arch, key.d, key.causal, key.out, key.precision)]
+    names = [s.name for s in _key_candidates(key)]
     return names + ([SDPA_PREFIX + b for b in SDPA_BACKENDS] if include_sdpa else [])
 
 
 def candidate_specs(key: Key) -> list:
-    return list(_candidates(key.arch, key.d, key.causal, key.out, key.precision))
+    return list(_key_candidates(key))
 
 
 def _rank(spec, tiles, small_grid: bool) -> tuple:
     g = GRANULARITY_ORDER.index((spec.qg, spec.kg)) if (spec.qg, spec.kg) in GRANULARITY_ORDER else 99
+    if isinstance(spec, AttnShortSpec):  # one launch instead of two wherever every key fits it
+        tile = (spec.m, spec.n, spec.w)
+        return (-1, g, SHORT_TILES.index(tile) if tile in SHORT_TILES else len(SHORT_TILES), spec.name)
     if isinstance(spec, AttnWgmmaSpec):  # the warpgroup family first wherever it is a candidate
         order = WGMMA_PREFERRED.get((spec.pv, spec.d, spec.causal), ())
         if small_grid:  # a grid that does not fill the GPU wants more, smaller CTAs: two warpgroups first
@@ -202,8 +234,7 @@ def _rank(spec, tiles, small_grid: bool) -> tuple:
 
 @functools.cache
 def _heuristic(key: Key, small_grid: bool, family: str | None):
-    cands = [s for s in _candidates(key.arch, key.d, key.causal, key.out, key.precision)
-             if family is None or s.family == family]
+    cands = [s for s in _key_candidates(key) if family is None or s.family == family]
     if not cands:
         raise ValueError(f"no attention variant for {key.tag}" + (f" in family {family}" if family else ""))
     tiles = SMALL_GRID_TILES if small_grid else PREFERRED_TILES

@@ -10,13 +10,14 @@ from typing import Callable, Iterable
 
 from ..arch import DEFAULT_ARCHES, parse_arch
 from .spec import KernelSpec
-from . import attn_mma, attn_wgmma, quant
+from . import attn_mma, attn_short, attn_wgmma, quant
 
 # family name -> (spec class, enumerator). Add a family by adding one line.
 FAMILIES: dict[str, tuple[type[KernelSpec], Callable]] = {
     quant.QuantSpec.family: (quant.QuantSpec, quant.enumerate_variants),
     attn_mma.AttnMmaSpec.family: (attn_mma.AttnMmaSpec, attn_mma.enumerate_variants),
     attn_wgmma.AttnWgmmaSpec.family: (attn_wgmma.AttnWgmmaSpec, attn_wgmma.enumerate_variants),
+    attn_short.AttnShortSpec.family: (attn_short.AttnShortSpec, attn_short.enumerate_variants),
 }
 
 

@@ -10,20 +10,26 @@
 #include "attn_mma/smem.cuh"
 #include "attn_mma/softmax.cuh"
 #include "attn_mma/mask.cuh"
+#include "attn_mma/fused_quant.cuh"
 #include "common/attn_common.cuh"
 
 namespace sagegen::attn {
 
 template <int D, int BlockM, int BlockN, int Warps, int Stages, bool Causal, bool AccF16, class OutT,
-          int QTile, int QSub, int KTile, int KSub, class Mma = MmaSm80>
+          int QTile, int QSub, int KTile, int KSub, class FusedIn = void, class Mma = MmaSm80>
 struct Config {
   static constexpr int kD = D, kBlockM = BlockM, kBlockN = BlockN, kWarps = Warps, kStages = Stages;
   static constexpr bool kCausal = Causal, kAccF16 = AccF16;
   static constexpr int kThreads = 32 * Warps, kWarpM = BlockM / Warps, kMTiles = kWarpM / 16;
   static constexpr int kNTiles = BlockN / 8, kDTiles = D / 8, kKSteps = D / 32;
   static constexpr int kQTile = QTile, kQSub = QSub, kKTile = KTile, kKSub = KSub;
+  // FusedIn (fp16 / bf16; void: the pass quantized): the short family, which quantizes its inputs itself
+  // (fused_quant.cuh) and keeps every key block resident (all kShortKeys keys) instead of streaming stages.
+  using In = FusedIn;
+  static constexpr bool kFused = !cuda::std::is_same_v<FusedIn, void>;
+  static constexpr int kKeyBufs = kFused ? kShortKeys / BlockN : Stages;  // K/V tiles in shared memory
   static constexpr int kSmemQ = BlockM * D, kSmemK = BlockN * D, kSmemV = BlockN * D * 2;
-  static constexpr int kSmemBytes = kSmemQ + Stages * (kSmemK + kSmemV);
+  static constexpr int kSmemBytes = kSmemQ + kKeyBufs * (kSmemK + kSmemV);
   // Q fragments stay in registers when they are few; otherwise each key block re-reads them from shared memory
   // (one ldmatrix per 16x32 fragment, reused across every key tile of the block).
   static constexpr bool kQInRegs = kMTiles * kKSteps * 4 <= 16;
@@ -46,6 +52,7 @@ struct Params {
   int Hq, Hkv, nq, nk, nq_pad, nk_pad, d, v_rows;
   float sm_scale_log2;
   int causal_offset;
+  FusedInputs in;  // the short family's inputs (q8, k8, v and the scale pointers are then unused)
 };
 
 template <class C>
@@ -56,7 +63,7 @@ __device__ __forceinline__ void attn_fwd(const Params& p) {
   extern __shared__ __align__(128) uint8_t smem[];
   uint8_t* sQ = smem;
   uint8_t* sK = sQ + C::kSmemQ;
-  uint8_t* sV = sK + C::kStages * C::kSmemK;
+  uint8_t* sV = sK + C::kKeyBufs * C::kSmemK;
 
   // Causal: the last query tiles see the most keys; launch them first so they do not trail at the end.
   const int mb = C::kCausal ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
@@ -75,16 +82,29 @@ __device__ __forceinline__ void attn_fwd(const Params& p) {
                                                           gV + (long long)j * C::kBlockN * p.v_sn * 2,
                                                           p.v_sn * 2, p.v_rows - j * C::kBlockN);
   };
-
-  // Prologue: Q with the first kStages - 1 key blocks, one commit group per block (Q rides with block 0).
-  load_tile<C::kD, C::kBlockM, C::kThreads>(sQ, gQ, C::kD);
+  // Scales: the pass's buffers (indexed by global row and key), or the short family's shared memory (Q rows local
+  // to the CTA, keys < kShortKeys).
+  __shared__ cuda::std::conditional_t<C::kFused, FusedScratch<C::kD, C::kThreads / (C::kD / 8)>, char> fused;
+  const float* q_scale_base;
+  const float* k_scale_base;
+  int q_row0;  // subtracted from a row before its scale-group lookup
+  if constexpr (C::kFused) {
+    quantize_into_smem<C, typename C::In>(p.in, b, h, hk, m0, p.nq, p.nk, p.d, p.lse != nullptr, sQ, sK, sV, fused);
+    q_scale_base = fused.q_scale, k_scale_base = fused.k_scale, q_row0 = m0;
+  } else {
+    // Prologue: Q with the first kStages - 1 key blocks, one commit group per block (Q rides with block 0).
+    load_tile<C::kD, C::kBlockM, C::kThreads>(sQ, gQ, C::kD);
 #pragma unroll
-  for (int s = 0; s < C::kStages - 1; ++s) {
-    if (s < nb) load_kv(s, s);
-    cp_async_commit();
+    for (int s = 0; s < C::kStages - 1; ++s) {
+      if (s < nb) load_kv(s, s);
+      cp_async_commit();
+    }
+    cp_async_wait<C::kStages - 2>();  // Q and block 0 have landed
+    __syncthreads();
+    q_scale_base = p.q_scale + bh * (p.nq_pad / C::kQTile * C::kQSub);
+    k_scale_base = p.k_scale + bhk * (p.nk_pad / C::kKTile * C::kKSub);
+    q_row0 = 0;
   }
-  cp_async_wait<C::kStages - 2>();  // Q and block 0 have landed
-  __syncthreads();
 
   const int mi = lane / 8, r8 = lane % 8;
   auto load_q_frag = [&](int mt, int ks, uint32_t (&frag)[4]) {
@@ -100,13 +120,12 @@ __device__ __forceinline__ void attn_fwd(const Params& p) {
 
   // Q scales of this thread's rows, with sm_scale * log2(e) folded in.
   float q_scale[C::kMTiles][2];
-  const int q_groups = p.nq_pad / C::kQTile * C::kQSub, k_groups = p.nk_pad / C::kKTile * C::kKSub;
 #pragma unroll
   for (int mt = 0; mt < C::kMTiles; ++mt)
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const int row = m0 + warp * C::kWarpM + mt * 16 + g + 8 * r;
-      q_scale[mt][r] = p.q_scale[bh * q_groups + scale_group(row, C::kQTile, C::kQSub)] * p.sm_scale_log2;
+      q_scale[mt][r] = q_scale_base[scale_group(row - q_row0, C::kQTile, C::kQSub)] * p.sm_scale_log2;
     }
 
   float o[C::kMTiles][C::kDTiles][4] = {};
@@ -195,7 +214,7 @@ __device__ __forceinline__ void attn_fwd(const Params& p) {
   // Dequantize, mask and exponentiate block j's scores, rescale O when a row max moved, then O += P . V.
   auto softmax_pv_block = [&](int j, int stage, float (&s)[C::kMTiles][C::kNTiles][4]) {
     const int col0 = j * C::kBlockN + 2 * tq;
-    const float k_scale = p.k_scale[bhk * k_groups + scale_group(col0, C::kKTile, C::kKSub)];
+    const float k_scale = k_scale_base[scale_group(col0, C::kKTile, C::kKSub)];
     const bool masked = block_needs_mask<C::kCausal, C::kBlockN>(j, m0, p.nk, p.causal_offset);
     float scale[C::kMTiles][2];
 #pragma unroll
@@ -227,15 +246,18 @@ __device__ __forceinline__ void attn_fwd(const Params& p) {
   };
 
   for (int j = 0; j < nb; ++j) {
-    if (j > 0) {
-      cp_async_wait<C::kStages - 2>();
-      __syncthreads();  // block j landed for every thread, and everyone is done with block j-1's stage
+    if constexpr (!C::kFused) {  // (the short family's key blocks are all resident: block j is buffer j)
+      if (j > 0) {
+        cp_async_wait<C::kStages - 2>();
+        __syncthreads();  // block j landed for every thread, and everyone is done with block j-1's stage
+      }
+      if (j + C::kStages - 1 < nb) load_kv(j + C::kStages - 1, (j + C::kStages - 1) % C::kStages);
+      cp_async_commit();
     }
-    if (j + C::kStages - 1 < nb) load_kv(j + C::kStages - 1, (j + C::kStages - 1) % C::kStages);
-    cp_async_commit();
+    const int buf = C::kFused ? j : j % C::kStages;
     float s[C::kMTiles][C::kNTiles][4];
-    qk_block(j % C::kStages, s);
-    softmax_pv_block(j, j % C::kStages, s);
+    qk_block(buf, s);
+    softmax_pv_block(j, buf, s);
   }
 
   // Epilogue: normalize, write O (the caller's d columns, rows < nq) and the LSE.
@@ -252,11 +274,23 @@ __device__ __forceinline__ void attn_fwd(const Params& p) {
 #pragma unroll
         for (int n = 0; n < C::kDTiles; ++n) {
           const int col = n * 8 + 2 * tq;
-          if (col < p.d)
-            *reinterpret_cast<uint32_t*>(orow + col) = pack_out<typename C::Out>(o[mt][n][2 * r] * inv, o[mt][n][2 * r + 1] * inv);
+          if (col < p.d) {
+            float u0 = inv, u1 = inv;
+            if constexpr (C::kFused && !cuda::std::is_same_v<typename C::In, __half>) {  // bf16 V's 2^k
+              u0 *= fused.v_unscale[col];
+              u1 *= fused.v_unscale[col + 1];
+            }
+            *reinterpret_cast<uint32_t*>(orow + col) = pack_out<typename C::Out>(o[mt][n][2 * r] * u0,
+                                                                                 o[mt][n][2 * r + 1] * u1);
+          }
         }
-        if (p.lse != nullptr && tq == 0)
-          p.lse[bh * p.nq + row] = l > 0.f ? (st[mt].max[r] + __log2f(l)) * kLn2 : kNegInf;
+        if (p.lse != nullptr && tq == 0) {
+          // The short family puts smoothing's shift back itself (sm_scale * q . mean(k)); the pass's path adds
+          // its qk_bias buffer on the host side.
+          float shift = 0.f;
+          if constexpr (C::kFused) shift = fused.q_bias[row - m0] * (p.sm_scale_log2 * kLn2);
+          p.lse[bh * p.nq + row] = l > 0.f ? (st[mt].max[r] + __log2f(l)) * kLn2 + shift : kNegInf;
+        }
       }
     }
 }

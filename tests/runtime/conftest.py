@@ -60,14 +60,14 @@ class Launches(list):
 
     def attn(self):
         """The attention launches' (spec, grid, block, smem, args)."""
-        return [e for e in self if e[0].family in ("attn_mma", "attn_wgmma")]
+        return [e for e in self if e[0].family in ("attn_mma", "attn_wgmma", "attn_short")]
 
 
 def _fake_gpu(monkeypatch, arch: str):
     import torch
 
     from sagegen.arch import ARCHES
-    from sagegen.runtime import api, attn_mma, attn_wgmma, launch, ops, quant, registry
+    from sagegen.runtime import api, attn_mma, attn_short, attn_wgmma, launch, ops, quant, registry
 
     launches = Launches()
 
@@ -80,6 +80,7 @@ def _fake_gpu(monkeypatch, arch: str):
     monkeypatch.setattr(quant, "stream_handle", lambda dev: 0)
     monkeypatch.setattr(attn_mma, "stream_handle", lambda dev: 0)
     monkeypatch.setattr(attn_wgmma, "stream_handle", lambda dev: 0)
+    monkeypatch.setattr(attn_short, "stream_handle", lambda dev: 0)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(api, "device_arch_name", lambda idx: arch)
     monkeypatch.setattr(api, "sm_count", lambda idx: 132)
@@ -89,6 +90,7 @@ def _fake_gpu(monkeypatch, arch: str):
     lib.impl("quantize", ops._quantize_cuda, "CPU")
     lib.impl("attn_mma", ops._attn_cuda, "CPU")
     lib.impl("attn_wgmma", ops._wgmma_cuda, "CPU")
+    lib.impl("attn_short", ops._short_cuda, "CPU")
     api.clear_plans()
     return launches, lib
 

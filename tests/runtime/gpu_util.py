@@ -28,7 +28,7 @@ def is_fp8_pv(spec) -> bool:
 def variants_glob() -> str:
     """``$SAGEGEN_TEST_VARIANTS`` (globs, comma-separated), default every attention family: the attention
     variants the GPU tests build (conftest.gpu_kernels) and run (test_gpu_variants, test_gpu_wgmma)."""
-    return os.environ.get("SAGEGEN_TEST_VARIANTS", "attn_mma_*, attn_wgmma_*")
+    return os.environ.get("SAGEGEN_TEST_VARIANTS", "attn_mma_*, attn_wgmma_*, attn_short_*")
 
 
 def device_variants(family: str) -> list[str]:

@@ -62,7 +62,11 @@ def test_direct_path_launches_what_the_ops_launch(request, fixture, layout, B, H
                                                   lse, precision):
     launches = request.getfixturevalue(fixture)
     q, k, v = inputs(B=B, Hq=Hq, Hkv=Hkv, nq=nq, nk=nk, d=d, dtype=dtype, layout=layout)
-    kw = dict(tensor_layout=layout, is_causal=causal, return_lse=lse, precision=precision, sdpa_fallback=False)
+    # Short keys with the output in the inputs' dtype run attn_short (one launch; test_short_direct_path below):
+    # the other output dtype keeps these cases on the two-launch path (the qkv pass's local statistics).
+    out_dtype = (F16 if dtype == BF16 else BF16) if nk <= 128 else None
+    kw = dict(tensor_layout=layout, is_causal=causal, return_lse=lse, precision=precision, sdpa_fallback=False,
+              out_dtype=out_dtype)
     result = sagegen.attention(q, k, v, **kw)
     (plan,) = api._plans.values()
     assert plan.run == plan._run_direct
@@ -90,6 +94,43 @@ def test_direct_path_launches_what_the_ops_launch(request, fixture, layout, B, H
     first = min(offsets, key=offsets.get)
     assert {n: buf[n] - buf[first] + offsets[first] for n in offsets} == offsets
     assert all(o % ALIGN == 0 for o in offsets.values())
+
+
+SHORT_CASES = [("fake_gpu_direct", "HND", 2, 4, 2, 100, 128, 128, BF16, False, False, "fast"),
+               ("fake_gpu_direct", "NHD", 1, 3, 1, 1, 17, 64, F16, True, True, "accurate"),
+               ("fake_hopper_direct", "NHD", 1, 8, 8, 128, 128, 64, F16, False, False, "fast"),
+               ("fake_hopper_direct", "HND", 1, 2, 1, 1000, 17, 128, F16, True, True, "accurate"),
+               ("fake_hopper_direct", "HND", 1, 2, 1, 300, 100, 72, BF16, False, True, "fast")]
+
+
+@pytest.mark.parametrize("fixture,layout,B,Hq,Hkv,nq,nk,d,dtype,causal,lse,precision", SHORT_CASES)
+def test_short_direct_path(request, fixture, layout, B, Hq, Hkv, nq, nk, d, dtype, causal, lse, precision):
+    """nk <= 128: one attn_short launch on either path, reading the caller's tensors where they are, writing the
+    output (and the LSE, smoothing's shift included by the kernel) that attention() returns."""
+    launches = request.getfixturevalue(fixture)
+    q, k, v = inputs(B=B, Hq=Hq, Hkv=Hkv, nq=nq, nk=nk, d=d, dtype=dtype, layout=layout)
+    kw = dict(tensor_layout=layout, is_causal=causal, return_lse=lse, precision=precision, sdpa_fallback=False)
+    result = sagegen.attention(q, k, v, **kw)
+    (plan,) = api._plans.values()
+    assert plan.choice.spec.family == "attn_short" and plan.run == plan._run_short_direct
+    direct = list(launches)
+    launches.clear()
+    reference = plan._run_short(q, k, v, plan.scale)  # the op
+    ops = list(launches)
+    out, lse_t = result if lse else (result, None)
+    ref_out, ref_lse = reference if lse else (reference, None)
+    assert out.shape == ref_out.shape == q.shape and out.dtype == ref_out.dtype == dtype
+    assert (lse_t is None and ref_lse is None) or lse_t.shape == ref_lse.shape == (B, Hq, nq)
+    assert len(direct) == len(ops) == 1
+    (spec, grid, block, smem, args), (o_spec, *o_rest) = direct[0], ops[0]
+    assert spec == o_spec and (grid, block, smem) == tuple(o_rest[:3])
+    assert grid == (-(-nq // 128) * 128 // spec.m, Hq, B) and smem == spec.smem_bytes()
+    codes = params_of(spec).codes
+    for code, a, b in zip(codes, args, o_rest[3]):
+        assert (a == 0) == (b == 0) if code == "p" else (a == b and type(a) is type(b))
+    assert args[0] == q.data_ptr() and args[4] == k.data_ptr() and args[8] == v.data_ptr()
+    assert args[12] == out.data_ptr() and args[16] == (lse_t.data_ptr() if lse else 0)
+    assert args[17:22] == (Hq, Hkv, nq, nk, d)
 
 
 def test_plans_without_a_direct_path(fake_gpu_direct):

@@ -21,6 +21,7 @@ from sagegen.quant_layout import padded_dim, padded_len
 from sagegen.reference import quantize_int8, quantize_v_fp8, rel_l1
 from sagegen.runtime import api, registry
 from sagegen.runtime import attn_mma as A
+from sagegen.runtime import attn_short as S
 from sagegen.runtime import attn_wgmma as W
 
 from .gpu_util import bound_for, emulate, errors, exact, inputs, seed_of
@@ -130,7 +131,7 @@ def test_poisoned_output_every_element_written_and_no_more(gpu_kernels, n, layou
     big = (2, 4, n + 7, 128) if layout == "HND" else (2, n + 7, 4, 128)
     buf = torch.full(big, float("nan"), device="cuda", dtype=BF16)
     out = buf[:, :, :n, :120] if layout == "HND" else buf[:, :n, :, :120]
-    forward = W.forward if spec.family == "attn_wgmma" else A.forward
+    forward = {"attn_wgmma": W.forward, "attn_mma": A.forward, "attn_short": S.forward}[spec.family]
     o, lse = forward(q, k, v, spec, layout=layout, sm_scale=120 ** -0.5, causal_offset=5, return_lse=True, out=out)
     torch.cuda.synchronize()
     assert o.data_ptr() == out.data_ptr()
@@ -162,6 +163,24 @@ def test_nan_propagates_like_sdpa(gpu_kernels):
     q2[0, 3, 10, 0] = float("nan")  # one Q element: its scale group's rows (row 10 among them) become NaN
     o2 = sagegen.attention(q2, k2, v2, sdpa_fallback=False)
     assert torch.isnan(o2[0, 3, 10]).all() and torch.isfinite(o2[1]).all() and torch.isfinite(o2[0, :3]).all()
+
+
+def test_short_keys_bf16_v_beyond_fp16_range(gpu_kernels):
+    """attn_short casts V to fp16 for its P.V: a bf16 channel past fp16's range (here up to ~4e6) is stored times a
+    power of two and the output channel multiplied back, so the output stays finite and accurate, and every other
+    channel is bit-identical to a call without the huge ones (the scaling touches only those channels)."""
+    q, k, v = inputs(B=1, Hq=4, Hkv=2, nq=100, nk=100, d=128, dtype=BF16, seed=40)
+    big = v.clone()
+    big[..., 3] *= 1e6
+    big[..., 7] = 7e4
+    spec = api.describe(q, k, big, sdpa_fallback=False).spec
+    assert spec.family == "attn_short"
+    o = sagegen.attention(q, k, big, sdpa_fallback=False)
+    ref, _ = exact(q, k, big)
+    assert torch.isfinite(o).all() and rel_l1(o, ref) < 0.02
+    plain = sagegen.attention(q, k, v, sdpa_fallback=False)
+    others = [c for c in range(128) if c not in (3, 7)]
+    assert torch.equal(o[..., others], plain[..., others])
 
 
 def test_deterministic(gpu_kernels):
@@ -418,6 +437,10 @@ def test_opcheck(gpu_kernels):
     z = torch.ops.sagegen.quantize.default(q, k, v, "HND", qg.tile, qg.sub, kg.tile, kg.sub, "f16", True, False)
     aargs = (z[0], z[1], z[2], z[3], z[4], z[6], spec.name, "HND", "copy", 200, 300, 128, 0.1, 100, True)
     torch.library.opcheck(torch.ops.sagegen.attn_mma.default, aargs)
+    k, v = k[:, :, :100], v[:, :, :100]  # 100 keys: attn_short
+    short = api.describe(q, k, v, is_causal=True, return_lse=True, sdpa_fallback=False).spec
+    assert short.family == "attn_short"
+    torch.library.opcheck(torch.ops.sagegen.attn_short.default, (q, k, v, short.name, "HND", 0.1, -100, True))
 
 
 # --- the hot path -----------------------------------------------------------------------------------------------

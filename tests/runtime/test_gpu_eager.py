@@ -39,9 +39,10 @@ def test_direct_path_equals_the_ops(gpu_kernels, layout, B, Hq, Hkv, nq, nk, d, 
     q, k, v = inputs(B=B, Hq=Hq, Hkv=Hkv, nq=nq, nk=nk, d=d, dtype=dtype, layout=layout, seed=nq + nk + d)
     kw = dict(tensor_layout=layout, is_causal=causal, return_lse=lse, precision=precision)
     plan = plan_of(q, k, v, **kw)
-    assert plan.run == plan._run_direct, plan.choice
+    short = plan.choice.spec.family == "attn_short"  # nk <= 128: one launch, one op
+    assert plan.run == (plan._run_short_direct if short else plan._run_direct), plan.choice
     direct = plan.direct(q, k, v, plan.scale)
-    ops = plan._run_kernel(q, k, v, plan.scale)
+    ops = (plan._run_short if short else plan._run_kernel)(q, k, v, plan.scale)
     torch.cuda.synchronize()
     for a, b in zip(direct if lse else (direct,), ops if lse else (ops,)):
         assert torch.equal(a, b)
@@ -71,9 +72,11 @@ def test_direct_path_from_another_thread(gpu_kernels):
     assert all(torch.equal(o, ref) for o in results)
 
 
-def test_direct_path_under_graph_capture(gpu_kernels):
-    q, k, v = inputs(B=1, Hq=4, nq=256, nk=256, d=64, seed=32)
+@pytest.mark.parametrize("n", [256, 100])  # (100: attn_short)
+def test_direct_path_under_graph_capture(gpu_kernels, n):
+    q, k, v = inputs(B=1, Hq=4, nq=n, nk=n, d=64, seed=32)
     plan = plan_of(q, k, v, return_lse=True)
+    direct_run = plan._run_short_direct if n <= 128 else plan._run_direct
     ref_o, ref_lse = sagegen.attention(q, k, v, sdpa_fallback=False, return_lse=True)
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
@@ -83,7 +86,7 @@ def test_direct_path_under_graph_capture(gpu_kernels):
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         o, lse = sagegen.attention(q, k, v, sdpa_fallback=False, return_lse=True)
-    assert plan.run == plan._run_direct
+    assert plan.run == direct_run
     g.replay()
     torch.cuda.synchronize()
     assert torch.equal(o, ref_o) and torch.equal(lse, ref_lse)

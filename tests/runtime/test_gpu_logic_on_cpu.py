@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sagegen.runtime import api, attn_wgmma, ops, quant
+from sagegen.runtime import api, attn_wgmma, ops, quant, registry
 
 from . import gpu_util as G
 from . import test_gpu_api as TA
@@ -38,7 +38,17 @@ def _emulate_kernels(monkeypatch):
         out.copy_(o)
         return out, (lse if return_lse else None)
 
+    def short(q, k, v, scale, variant, layout, offset, return_lse):  # attn_short: one op, the emulation the same
+        spec = ops.spec_for(variant)
+        nq, nk = (q.shape[2], k.shape[2]) if layout == "HND" else (q.shape[1], k.shape[1])
+        assert spec.family == "attn_short" and nk <= 128 and offset in (0, nk - nq)
+        o, lse = G.emulate(spec, q, k, v, causal_align="top_left" if offset == 0 else "bottom_right", layout=layout,
+                           sm_scale=scale)
+        o = o.to(G.OUT_DTYPES[spec.o])
+        return (o, lse) if return_lse else o
+
     monkeypatch.setattr(api, "_kernel_forward", kernel)
+    monkeypatch.setattr(api, "_short_forward", short)
     monkeypatch.setattr(attn_wgmma, "forward", wgmma_forward)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
 
@@ -134,7 +144,9 @@ def test_odd_length_test_logic_on_hopper(emulated_hopper, fake_hopper, nq, nk, c
     report = _Report()
     TA.test_odd_lengths(None, report, _request(f"test_odd_lengths[{causal}-{align}-{nq}-{nk}]"), nq, nk, causal,
                         align)
-    assert fake_hopper.attn() == [] and report.row["variant"].startswith("attn_wgmma_")
+    # short keys run attn_short (FP16 P.V, one launch), on the same bounds
+    family = "attn_short_" if nk <= 128 and nq <= registry.SHORT_MAX_QUERIES else "attn_wgmma_"
+    assert fake_hopper.attn() == [] and report.row["variant"].startswith(family)
 
 
 @pytest.mark.parametrize("dist", list(TA.DISTS))

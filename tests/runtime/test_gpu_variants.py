@@ -1,6 +1,6 @@
-"""Every enumerated attn_mma variant of this GPU's arch, run through sagegen.attention(variant=...), against exact
-attention and against the variant's own emulation (sagegen.reference.sage2_attention with its scale groups, key
-block and P.V accumulator).
+"""Every enumerated attn_mma and attn_short variant of this GPU's arch, run through
+sagegen.attention(variant=...), against exact attention and against the variant's own emulation
+(sagegen.reference.sage2_attention with its scale groups, key block and P.V accumulator).
 
 The kernel must match its emulation far more tightly than it matches exact attention: rel-L1(kernel, emulation)
 < 0.5 * rel-L1(kernel, exact) + (rel-L1 of the output rounding; see gpu_util.errors). The emulation reproduces the
@@ -51,6 +51,45 @@ def test_variant(gpu_kernels, report, name, case):
     emu, emu_lse = emulate(spec, q, k, v, causal_align=align, layout=layout)
     e = errors(o, lse, ref, ref_lse, emu, emu_lse)
     report.add(test="variant", variant=name, case=case, **e)
+    assert e["exact"] < bound, e
+    assert e["emul"] <= 0.5 * e["exact"] + e["round"], e
+    assert e["lse_exact"] < 0.05 and e["lse_emul"] < 0.01, e
+
+
+# attn_short (nk <= 128, quantization inside the kernel): the same scheme and emulation as attn_mma, so the same
+# bounds. (dist, B, Hq, Hkv, nq, nk, d - spec.d, layout, causal alignment, bound vs exact); inputs in spec.x.
+SHORT_CASES = {
+    "normal-gqa": ("normal", 1, 4, 2, 300, 117, 0, "HND", "bottom_right", 0.03),
+    "outliers-nhd-pad": ("outliers", 2, 2, 2, 200, 128, -8, "NHD", "top_left", 0.05),
+    "zeros": ("zeros", 1, 2, 1, 100, 100, 0, "HND", "bottom_right", 0.03),
+    "one-key": ("normal", 2, 2, 1, 17, 1, 0, "NHD", "bottom_right", 0.05),
+}
+
+
+@pytest.mark.parametrize("case", list(SHORT_CASES))
+@pytest.mark.parametrize("name", device_variants("attn_short"))
+def test_short_variant(gpu_kernels, report, name, case):
+    if name in gpu_kernels.failed:
+        pytest.fail(f"{name} failed to compile:\n{gpu_kernels.failed[name][:4000]}")
+    spec = spec_from_name(name)
+    dist, B, Hq, Hkv, nq, nk, dd, layout, align, bound = SHORT_CASES[case]
+    q, k, v = inputs(dist, B=B, Hq=Hq, Hkv=Hkv, nq=nq, nk=nk, d=spec.d + dd, dtype=OUT_DTYPES[spec.x],
+                     layout=layout, seed=seed_of(name + case))
+    o, lse = sagegen.attention(q, k, v, is_causal=spec.causal, causal_alignment=align, tensor_layout=layout,
+                               return_lse=True, out_dtype=OUT_DTYPES[spec.o], variant=spec)
+    assert o.shape == q.shape and o.dtype == OUT_DTYPES[spec.o] and lse.shape == (B, Hq, nq)
+    assert torch.isfinite(o).all(), "non-finite output"
+    ref, ref_lse = exact(q, k, v, causal=spec.causal, causal_align=align, layout=layout)
+    emu, emu_lse = emulate(spec, q, k, v, causal_align=align, layout=layout)
+    if spec.causal and align == "bottom_right" and nq > nk:  # rows that see no key: output 0, LSE -inf
+        rows = (slice(None), slice(None), slice(0, nq - nk)) if layout == "HND" else (slice(None), slice(0, nq - nk))
+        assert (o[rows] == 0).all() and torch.isneginf(lse[:, :, : nq - nk]).all()
+        keep = (slice(None), slice(None), slice(nq - nk, None)) if layout == "HND" else \
+            (slice(None), slice(nq - nk, None))
+        o, ref, emu = o[keep], ref[keep], emu[keep]
+        lse, ref_lse, emu_lse = lse[:, :, nq - nk:], ref_lse[:, :, nq - nk:], emu_lse[:, :, nq - nk:]
+    e = errors(o, lse, ref, ref_lse, emu, emu_lse)
+    report.add(test="short", variant=name, case=case, **e)
     assert e["exact"] < bound, e
     assert e["emul"] <= 0.5 * e["exact"] + e["round"], e
     assert e["lse_exact"] < 0.05 and e["lse_emul"] < 0.01, e

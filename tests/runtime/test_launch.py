@@ -12,12 +12,13 @@ import pytest
 
 from sagegen.arch import ARCHES
 from sagegen.render import render
-from sagegen.runtime import attn_mma, attn_wgmma, launch, quant
+from sagegen.runtime import attn_mma, attn_short, attn_wgmma, launch, quant
 from sagegen.variants import select
 
 # The launch sites' declarations, by (family, op) of the variants they launch.
 DECLARED = {("quant", "stats"): quant.STATS_PARAMS, ("quant", "qkv"): quant.QKV_PARAMS,
-            ("attn_mma", None): attn_mma.PARAMS, ("attn_wgmma", None): attn_wgmma.PARAMS}
+            ("attn_mma", None): attn_mma.PARAMS, ("attn_wgmma", None): attn_wgmma.PARAMS,
+            ("attn_short", None): attn_short.PARAMS}
 READ_BACK = {"p": ctypes.c_uint64, "q": ctypes.c_int64, "i": ctypes.c_int32, "f": ctypes.c_float}
 
 
@@ -151,6 +152,29 @@ def test_launch_errors_name_the_variant(driver):
     driver["result"] = cu.CUresult.CUDA_ERROR_INVALID_VALUE
     with pytest.raises(RuntimeError, match="cuLaunchKernel failed for k_small.*CUDA_ERROR_INVALID_VALUE"):
         launch.launch(Spec("k_small"), params, (1, 1, 1), 32, 0, 0, 0, 0x7000, 1)
+
+
+def test_bound_launches_what_launch_launches(driver, monkeypatch):
+    """launch.Bound (a plan's hot path): its first call goes through launch() (kernel load, shared-memory opt-in),
+    the next ones straight to the driver with the same grid, block, stream and packed arguments; a bad argument
+    or a failed launch is reported as launch() reports it."""
+    params = driver["params"] = launch.Params("p q i f")
+    via_launch = []
+    real = launch.launch
+    monkeypatch.setattr(launch, "launch", lambda *a: via_launch.append(a[6:]) or real(*a))
+    bound = launch.Bound(Spec("k_small"), params, (3, 2, 1), 256, 1024, 0)
+    bound(0xABC, 0x7000, -5, 9, 0.5)
+    bound(0xDEF, 0x7100, -6, 10, 1.5)
+    assert via_launch == [(0xABC, 0x7000, -5, 9, 0.5)] and bound.func == 0x1000
+    assert driver["calls"] == [(0x1000, (3, 2, 1), (256, 1, 1), 1024, 0xABC, [0x7000, -5, 9, 0.5]),
+                               (0x1000, (3, 2, 1), (256, 1, 1), 1024, 0xDEF, [0x7100, -6, 10, 1.5])]
+    with pytest.raises(TypeError, match="k_small.*'p q i f'"):
+        bound(0, 0x7000, 1, 2)  # one argument short
+    from cuda.bindings import driver as cu
+
+    driver["result"] = cu.CUresult.CUDA_ERROR_INVALID_VALUE
+    with pytest.raises(RuntimeError, match="cuLaunchKernel failed for k_small.*CUDA_ERROR_INVALID_VALUE"):
+        bound(0, 0x7000, 1, 2, 3.0)
 
 
 def test_a_thread_without_a_context_gets_the_primary_one_and_one_retry(driver, monkeypatch):

@@ -142,7 +142,9 @@ def test_compile_sdpa_and_forced_variant():
 
     a, b = torch.compile(f, fullgraph=True, backend=catcher)(q, k, v)
     assert a.shape == b.shape == q.shape
-    assert catcher.sagegen_ops().count("sagegen.attn_mma.default") == 2
+    # sdpa's 96 keys fit attn_short (one op, quantization inside); the forced variant runs the pass and attn_mma
+    assert catcher.sagegen_ops().count("sagegen.attn_short.default") == 1
+    assert catcher.sagegen_ops().count("sagegen.attn_mma.default") == 1
     assert any(name in str(n.args) for n in catcher.graphs[-1].graph.nodes)
 
 

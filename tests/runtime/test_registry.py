@@ -84,6 +84,30 @@ def _check_wgmma_schedule_rule(spec, k, small_grid=False):
     assert (spec.m, spec.s, spec.overlap, spec.pingpong, spec.rowsum) == first
 
 
+@pytest.mark.parametrize("arch", ALL_TESTED_ARCHES)
+@pytest.mark.parametrize("precision", registry.PRECISIONS)
+def test_short_keys_run_attn_short_first(arch, precision):
+    """nk <= 128 with nq <= SHORT_MAX_QUERIES and the output in the inputs' dtype: attn_short leads the candidates
+    (the 8-warp tile, per-thread scales); otherwise it is not a candidate at all."""
+    from sagegen.variants.attn_short import AttnShortSpec
+
+    for d in (64, 128):
+        for causal in (False, True):
+            k = key(arch=arch, d=d, causal=causal, nq=registry.SHORT_MAX_QUERIES, nk=128, precision=precision)
+            spec = registry.heuristic(k, sm_count=132)
+            assert isinstance(spec, AttnShortSpec) and (spec.d, spec.causal, spec.x, spec.o) == (d, causal, "bf16",
+                                                                                                 "bf16")
+            assert (spec.m, spec.n, spec.w) == registry.SHORT_TILES[0] and (spec.qg, spec.kg) == ("thread", "thread")
+            cands = registry.candidate_specs(k)
+            n_short = sum(isinstance(c, AttnShortSpec) for c in cands)
+            assert n_short and all(isinstance(c, AttnShortSpec) for c in cands[:n_short])
+            for other in (key(arch=arch, d=d, causal=causal, nq=128, nk=129, precision=precision),
+                          key(arch=arch, d=d, causal=causal, nq=2 * registry.SHORT_MAX_QUERIES, nk=128,
+                              precision=precision),
+                          key(arch=arch, d=d, causal=causal, nq=128, nk=128, out="f16", precision=precision)):
+                assert not any(isinstance(c, AttnShortSpec) for c in registry.candidate_specs(other)), other
+
+
 def test_only_sm90a_has_the_fp8_family():
     assert [a for a in ARCHES if _has_fp8_family(a)] == ["sm90a"]
 

@@ -116,7 +116,7 @@ def test_sanitize_wgmma_variants_are_the_heuristic_choices_and_every_schedule():
         precision = "fast" if spec.pv == "e4m3" else "accurate"
         key = registry.make_key(arch="sm90a", dtype="bf16", out="bf16", d=spec.d, causal=spec.causal, nq=128,
                                 nk=128, batch_heads=8, precision=precision)
-        assert spec == registry.heuristic(key)
+        assert spec == registry.heuristic(key, family="attn_wgmma")
     specs = san.pick_wgmma_variants("sm90a", few=False)
     assert len({s.name for s in specs}) == len(specs) and {s.name for s in few} <= {s.name for s in specs}
     schedule = lambda s: (s.pv, s.m, s.s, s.overlap, s.pingpong, s.rowsum)  # noqa: E731
