@@ -163,6 +163,7 @@ def main(argv=None) -> int:
     from sagegen.render import default_out_dir
     from sagegen.runtime import api, ops, registry
     from sagegen.runtime import attn_mma as A
+    from sagegen.runtime import attn_short as S
     from sagegen.runtime import attn_wgmma as W
     from sagegen.runtime.device import device_arch
     from sagegen.runtime.quant import _STATS_SPLITS
@@ -259,6 +260,8 @@ def main(argv=None) -> int:
                             ms_k = bench_ms(lambda: W.run_kernel(qz, spec, q_shape=q.shape, layout="HND", B=B, Hq=H,
                                                                  Hkv=H, sm_scale=scale))
                             qz = None
+                        elif spec.family == "attn_short":  # one launch: its "kernel" includes the quantization
+                            ms_k = bench_ms(lambda: S.forward(q, k, v, spec, layout="HND", sm_scale=scale))
                         else:
                             p = A.Prepared(q, k, v, spec, "HND", False)
                             ms_k = bench_ms(lambda: A.run_kernel(p, sm_scale=scale))

@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from sagegen.runtime import attn_mma as A  # noqa: E402
+from sagegen.runtime import attn_short as S  # noqa: E402
 from sagegen.runtime import attn_wgmma as W  # noqa: E402
 from sagegen.variants import spec_from_name  # noqa: E402
 
@@ -32,6 +33,8 @@ def main():
     for _ in range(a.iters):
         if spec.family == "attn_wgmma":
             W.forward(q, k, v, spec, layout="HND", sm_scale=spec.d ** -0.5)
+        elif spec.family == "attn_short":  # (at most 128 keys: --n is the query length, k and v keep 128)
+            S.forward(q, k[:, :, :128], v[:, :, :128], spec, layout="HND", sm_scale=spec.d ** -0.5)
         else:
             A.run_kernel(A.Prepared(q, k, v, spec, "HND", False), sm_scale=spec.d ** -0.5)
     torch.cuda.synchronize()

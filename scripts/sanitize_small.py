@@ -89,7 +89,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--few", action="store_true", help="only the heuristic's four variants")
     ap.add_argument("--family", choices=("attn_mma", "attn_wgmma", "attn_short"), default="attn_mma")
-    ap.add_argument("--filter", help="instead: the bf16-output variants matching this glob (e.g. '*_m192_*')")
+    ap.add_argument("--filter", help="instead: the bf16-output variants matching this glob (e.g. '*_m192_*'; "
+                                     "attn_short: every match)")
     args = ap.parse_args(argv)
 
     import torch
@@ -102,9 +103,10 @@ def main(argv=None) -> int:
 
     arch = device_arch(torch.cuda.current_device()).name
     if args.filter:
-        specs = [s for s in select([arch], args.filter) if s.family.startswith("attn_") and s.o == "bf16"]
-    elif args.family == "attn_short":  # (its cases: those with nk <= 128, bf16 inputs)
-        specs = select([arch], "attn_short_*_x_bf16_*")
+        specs = [s for s in select([arch], args.filter)  # (attn_short runs its own input dtype, fp16 or bf16)
+                 if s.family.startswith("attn_") and (s.o == "bf16" or s.family == "attn_short")]
+    elif args.family == "attn_short":  # every variant, both input dtypes (its cases: those with nk <= 128)
+        specs = select([arch], "attn_short_*")
     else:
         specs = (pick_wgmma_variants if args.family == "attn_wgmma" else pick_variants)(arch, args.few)
     res = build(specs + select([arch], "quant_*"), out_dir=default_out_dir(), jobs=os.cpu_count(), progress=False)
@@ -118,7 +120,8 @@ def main(argv=None) -> int:
             if (d <= 64) != (spec.d == 64) or causal != spec.causal:
                 continue
             for dtype in (torch.float16, torch.bfloat16):
-                if spec.family == "attn_short" and (nk > 128 or dtype != torch.bfloat16):
+                short = spec.family == "attn_short"
+                if short and (nk > 128 or dtype != (torch.bfloat16 if spec.x == "bf16" else torch.float16)):
                     continue  # the family holds at most 128 keys and reads its own input dtype
                 shape = (lambda h, n: (B, h, n, d)) if layout == "HND" else (lambda h, n: (B, n, h, d))
                 q = torch.randn(shape(Hq, nq), device="cuda", generator=gen).to(dtype)
@@ -127,11 +130,14 @@ def main(argv=None) -> int:
                 print(f"{spec.name} {dtype} B={B} Hq={Hq} Hkv={Hkv} nq={nq} nk={nk} d={d} {layout} {align}",
                       flush=True)
                 out_dtype = torch.bfloat16 if spec.o == "bf16" else torch.float16  # the variant fixes the output
-                o, lse = api.attention(q, k, v, is_causal=causal, causal_alignment=align, tensor_layout=layout,
-                                       return_lse=True, variant=spec, out_dtype=out_dtype)
-                torch.cuda.synchronize()
-                assert torch.isfinite(o).all(), "non-finite output"
-                n_cases += 1
+                # attn_short: also without the LSE (the kernel then skips q . mean(k))
+                for lse_wanted in ((True, False) if short else (True,)):
+                    o = api.attention(q, k, v, is_causal=causal, causal_alignment=align, tensor_layout=layout,
+                                      return_lse=lse_wanted, variant=spec, out_dtype=out_dtype)
+                    o = o[0] if lse_wanted else o
+                    torch.cuda.synchronize()
+                    assert torch.isfinite(o).all(), "non-finite output"
+                    n_cases += 1
     print(f"sanitize_small: {n_cases} cases OK")
     return 0
 

@@ -493,8 +493,9 @@ def attention(q, k, v, *, is_causal: bool = False, sm_scale: float | None = None
     sm_scale: softmax scale, default 1/sqrt(d). precision: "fast" (default; INT8 Q.K^T + FP8 P.V, rel-L1 ~0.035 on
     N(0,1), on GPUs that have such a family: Hopper sm90a; elsewhere it runs the accurate kernel) or "accurate"
     (INT8 Q.K^T + FP16 P.V, rel-L1 ~0.01; on sm90a the wgmma family, elsewhere the mma.sync family). Short keys
-    (nk <= 128, nq <= 2048, out_dtype = q's dtype) run the attn_short family in either precision: FP16 P.V, the
-    quantization inside the kernel, one launch per call. "accurate"
+    (nk <= 128, nq <= 2048, out_dtype = q's dtype) run the attn_short family in either precision (FP16 P.V, the
+    quantization inside the kernel, one launch per call), unless the registry's cuDNN rule takes the call first
+    (where SDPA can compute it; see sdpa_fallback). "accurate"
     casts V to fp16 unscaled: bf16 V entries beyond fp16's range (|v| > 65504) make the output inf or NaN in the
     rows that attend to them ("fast" scales V per channel and has no such limit).
     out_dtype: torch.float16 or torch.bfloat16, default q's dtype. return_lse: also return the log-sum-exp

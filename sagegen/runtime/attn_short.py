@@ -7,6 +7,8 @@ from ..quant_layout import padded_len
 from ..variants.attn_short import MAX_KEYS, AttnShortSpec
 from . import launch as L
 from .attn_mma import LOG2E, OUT_DTYPES
+
+IN_DTYPES = OUT_DTYPES  # the spec's x tag -> torch dtype
 from .device import stream_handle
 from .quant import _vector_ready, bhnd_strides
 
@@ -55,6 +57,12 @@ def forward(q, k, v, spec: AttnShortSpec, *, layout: str, sm_scale: float, causa
     hd, nd = (1, 2) if layout == "HND" else (2, 1)
     B, Hq, nq, d = q.shape[0], q.shape[hd], q.shape[nd], q.shape[3]
     Hkv, nk = k.shape[hd], k.shape[nd]
+    # attention() checked all this; a direct op call must not reinterpret another dtype's bits or drop channels
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dtype != IN_DTYPES[spec.x]:
+            raise TypeError(f"{spec.name} reads {spec.x} inputs; {name} is {t.dtype}")
+    if d > spec.d:
+        raise ValueError(f"{spec.name} is compiled for head dim <= {spec.d}; q has {d}")
     if out is None:
         out = torch.empty(q.shape, device=q.device, dtype=OUT_DTYPES[spec.o])
     lse = torch.empty(B, Hq, nq, device=q.device, dtype=torch.float32) if return_lse else None

@@ -12,7 +12,7 @@ Precision classes (``PRECISIONS``), each a set of families:
     variants run only when named through ``attention(variant=...)``).
 
 Short keys (``nk`` <= 128, ``nq`` <= SHORT_MAX_QUERIES, output dtype = input dtype): the attn_short variants come
-first in either precision. They quantize inside the kernel (one launch, no quantization buffers) and run FP16 P.V,
+first among the kernels in either precision (the SDPA rule below still takes the calls SDPA can compute). They quantize inside the kernel (one launch, no quantization buffers) and run FP16 P.V,
 at least as accurate as either precision promises. H100 (scripts/short_bench.py, BENCHMARKS.md): host time per
 call 40% lower than the two-launch path, GPU time 10-30% lower up to 2k queries.
 

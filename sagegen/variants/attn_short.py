@@ -102,6 +102,7 @@ class AttnShortSpec(KernelSpec):
             "x_type": IN_TYPES[self.x],
             "threads": self.threads,
             "smem": self.smem_bytes(),
+            "static_smem": self.static_smem_bytes(),
             "q_tile": qg.tile, "q_sub": qg.sub, "k_tile": kg.tile, "k_sub": kg.sub,
         }
 

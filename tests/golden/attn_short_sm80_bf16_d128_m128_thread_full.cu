@@ -6,6 +6,8 @@ using Cfg = sagegen::attn::Config<128, 128, 64, 8, 2, false,
     false, __nv_bfloat16, 16, 8, 64, 4,
     __nv_bfloat16>;
 static_assert(Cfg::kSmemBytes == 65536, "shared-memory size disagrees with the Python spec");
+static_assert(sizeof(sagegen::attn::FusedScratch<128, 256 / (128 / 8)>) == 11776,
+              "static shared memory disagrees with the Python spec");
 
 // Quantizes q, k, v itself (nk <= 128): one launch per call. Flat parameters; the header's Params is built here.
 extern "C" __global__ void __launch_bounds__(256, 1) attn_short_sm80_qk_i8_pv_f16_acc_f32_x_bf16_o_bf16_d128_m128_n64_w8_b1_qg_thread_kg_thread_full(

@@ -236,3 +236,21 @@ def test_lse_is_corrected_by_the_qk_bias(fake_gpu_direct, monkeypatch):
     monkeypatch.setattr(torch, "empty", empty)
     o, lse = sagegen.attention(*inputs(), return_lse=True, sm_scale=0.5)
     assert lse is written["lse"] and torch.all(lse == 1.0 + 0.5 * 2.0)
+
+
+def test_short_op_rejects_inputs_its_variant_cannot_read(fake_gpu):
+    """attention() validates before it gets here; a direct op call must not reinterpret another dtype's bits or
+    drop head-dim channels silently."""
+    from sagegen.variants import select
+
+    bf16_d64 = next(s for s in select(["sm89"], "attn_short_*_x_bf16_*_d64_*"))
+    q, k, v = inputs(B=1, Hq=2, Hkv=2, nq=64, nk=64, d=64, dtype=F16)
+    with pytest.raises(TypeError, match="reads bf16 inputs"):
+        torch.ops.sagegen.attn_short(q, k, v, bf16_d64.name, "HND", 0.125, 0, False)
+    q, k, v = inputs(B=1, Hq=2, Hkv=2, nq=64, nk=64, d=128, dtype=BF16)
+    with pytest.raises(ValueError, match="head dim <= 64"):
+        torch.ops.sagegen.attn_short(q, k, v, bf16_d64.name, "HND", 0.125, 0, False)
+    q, k, v = inputs(B=1, Hq=2, Hkv=2, nq=64, nk=200, d=64, dtype=BF16)
+    with pytest.raises(ValueError, match="at most 128 keys"):
+        torch.ops.sagegen.attn_short(q, k, v, bf16_d64.name, "HND", 0.125, 0, False)
+    assert fake_gpu.attn() == []

@@ -108,6 +108,16 @@ def test_short_keys_run_attn_short_first(arch, precision):
                 assert not any(isinstance(c, AttnShortSpec) for c in registry.candidate_specs(other)), other
 
 
+def test_short_keys_choose_sdpa_first_only_where_sdpa_may_run():
+    """choose(): the cuDNN rule (SDPA_FASTER) precedes the heuristic for calls SDPA can compute; everything else
+    with short keys (GQA, an LSE, SDPA not allowed) gets attn_short."""
+    k = key(nq=100, nk=100, batch_heads=8)
+    assert registry.choose(k, env="test-gpu", sm_count=132, sdpa_ok=True, allow_sdpa=True).kind == "sdpa"
+    for kw in (dict(sdpa_ok=False), dict(sdpa_ok=True, allow_sdpa=False)):
+        choice = registry.choose(k, env="test-gpu", sm_count=132, **kw)
+        assert choice.kind == "kernel" and choice.spec.family == "attn_short", kw
+
+
 def test_only_sm90a_has_the_fp8_family():
     assert [a for a in ARCHES if _has_fp8_family(a)] == ["sm90a"]
 

@@ -6,6 +6,7 @@ import pytest
 
 from sagegen.arch import ARCHES, DEFAULT_ARCHES
 from sagegen.errors import InvalidVariant
+from sagegen.render import render
 from sagegen.variants import attn_short, select, spec_from_name
 from sagegen.variants.attn_short import MAX_KEYS, TILES, AttnShortSpec, enumerate_variants
 
@@ -39,11 +40,14 @@ def test_shares_attn_mma_scheme_and_emulation():
     assert spec.emulation() == base.emulation()
 
 
-def test_shared_memory_holds_every_key():
+def test_shared_memory_sizes_are_checked_by_the_compiler():
+    """The spec's sizes are what the kernel allocates: the rendered source asserts both against the C++ types
+    (NVRTC rejects a mismatch; tests/test_build.py and CI compile the variants)."""
     spec = _base()
     assert spec.smem_bytes() == spec.m * spec.d + MAX_KEYS * spec.d * 3  # Q, int8 K and fp16 V of 128 keys
-    rows = spec.threads // (spec.d // 8)
-    assert spec.static_smem_bytes() == 4 * (rows * spec.d + 2 * spec.d + 5 * MAX_KEYS)
+    src = render(spec)
+    assert f"static_assert(Cfg::kSmemBytes == {spec.smem_bytes()}," in src
+    assert f"== {spec.static_smem_bytes()}," in src and "sizeof(sagegen::attn::FusedScratch<" in src
 
 
 def test_invalid_specs_raise(monkeypatch):
