@@ -38,11 +38,16 @@ class ShortLaunch:
         self.ints = (Hq, Hkv, nq, nk, d)
         self._bound: dict[int, L.Bound] = {}
 
+    def bound(self, device: int) -> L.Bound:
+        """The launch on ``device`` (eager.DirectShort calls it with the arguments __call__ packs)."""
+        b = self._bound.get(device)
+        if b is None:
+            b = self._bound[device] = L.Bound(self.spec, PARAMS, self.grid, self.threads, self.smem, device)
+        return b
+
     def __call__(self, device: int, stream: int, q: int, qs, k: int, ks, v: int, vs, out: int, lse: int,
                  sm_scale: float) -> None:
-        bound = self._bound.get(device)
-        if bound is None:
-            bound = self._bound[device] = L.Bound(self.spec, PARAMS, self.grid, self.threads, self.smem, device)
+        bound = self.bound(device)
         os, ints = self.out_strides, self.ints
         bound(stream, q, qs[0], qs[1], qs[2], k, ks[0], ks[1], ks[2], v, vs[0], vs[1], vs[2], out, os[0], os[1], os[2],
               lse, ints[0], ints[1], ints[2], ints[3], ints[4], sm_scale * LOG2E, self.causal_offset)

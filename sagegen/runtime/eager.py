@@ -18,7 +18,6 @@ import torch
 
 from ..quant_layout import padded_dim, padded_len
 from . import attn_mma, attn_short, attn_wgmma, quant
-from . import launch as L
 from .device import current_device, current_stream_handle
 
 DEVICE_TYPES = ("cuda",)  # tests/runtime/conftest.py adds "cpu" to run this path on a fake GPU
@@ -46,34 +45,39 @@ def _bhnd(hnd: bool, s) -> tuple[int, int, int]:
     return (s[0], s[1], s[2]) if hnd else (s[0], s[2], s[1])
 
 
+def _output_facts(self, shape, spec) -> None:
+    """What both direct paths know of the call's device and outputs, set on ``self`` once per plan."""
+    dev = shape.device
+    self.device, self.index = dev, (dev.index if dev.index is not None else 0)
+    self.hnd, self.return_lse = shape.layout == "HND", shape.return_lse
+    self.lse_shape = (shape.B, shape.Hq, shape.nq)
+    self.out_shape = (shape.B, shape.Hq, shape.nq, shape.d) if self.hnd else (shape.B, shape.nq, shape.Hq, shape.d)
+    self.out_dtype = attn_mma.OUT_DTYPES[spec.o]
+    self.out_strides = _bhnd(self.hnd, torch.empty(self.out_shape, device="meta").stride())
+
+
 class Direct:
     """One plan's direct path: ``direct(q, k, v, scale)`` returns what attention() returns, or None when this call
     must take the ops (see the module docstring); then nothing was launched or allocated."""
 
     def __init__(self, shape, spec, v_mode: str):
-        dev = shape.device
-        self.device, self.index = dev, (dev.index if dev.index is not None else 0)
-        self.hnd, self.return_lse = shape.layout == "HND", shape.return_lse
-        self.lse_shape = (shape.B, shape.Hq, shape.nq)
+        _output_facts(self, shape, spec)
         self.wgmma = spec.family == "attn_wgmma"
         self.quant = q = quant.QuantPlan(quant.device_arch(self.index).name, shape.dtype, shape.B, shape.Hq,
                                          shape.Hkv, shape.nq, shape.nk, shape.d, spec.q_groups, spec.k_groups,
                                          v_mode, shape.return_lse, self.wgmma)
         # Workspace offset of each of quant.BUFFERS but qk_bias (a tensor of its own); -1: absent
         self.offsets = tuple(q.offsets.get(name, -1) for name in quant.BUFFERS[:-1])
-        self.out_shape = (shape.B, shape.Hq, shape.nq, shape.d) if self.hnd else (shape.B, shape.nq, shape.Hq, shape.d)
-        self.out_dtype = attn_mma.OUT_DTYPES[spec.o]
-        out_strides = _bhnd(self.hnd, torch.empty(self.out_shape, device="meta").stride())
         self.v_in_place = v_mode == "none"
         D, nk_pad = padded_dim(shape.d), padded_len(shape.nk)
         self.v_copy_strides = (shape.Hkv * nk_pad * D, nk_pad * D, D)  # quantize's fp16 V [B, Hkv, nk_pad, D]
         if self.wgmma:
             self.attend = attn_wgmma.AttentionLaunch(spec, shape.B, shape.Hq, shape.Hkv, shape.nq, shape.nk, shape.d,
-                                                     out_strides, shape.offset)
+                                                     self.out_strides, shape.offset)
         else:
             v_rows = shape.nk if self.v_in_place else nk_pad
             self.attend = attn_mma.AttentionLaunch(spec, shape.B, shape.Hq, shape.Hkv, shape.nq, shape.nk, shape.d,
-                                                   v_rows, out_strides, shape.offset)
+                                                   v_rows, self.out_strides, shape.offset)
 
     def __call__(self, q, k, v, scale: float):
         if (_dispatch_modes() or _profiling() or type(q) is not _Tensor or type(k) is not _Tensor
@@ -122,23 +126,18 @@ class DirectShort:
     quantizes the inputs itself and puts smoothing's shift back into the LSE."""
 
     def __init__(self, shape, spec):
-        dev = shape.device
-        self.device, self.index = dev, (dev.index if dev.index is not None else 0)
-        self.hnd, self.return_lse = shape.layout == "HND", shape.return_lse
-        self.lse_shape = (shape.B, shape.Hq, shape.nq)
-        self.out_shape = (shape.B, shape.Hq, shape.nq, shape.d) if self.hnd else (shape.B, shape.nq, shape.Hq, shape.d)
-        self.out_dtype = attn_mma.OUT_DTYPES[spec.o]
+        _output_facts(self, shape, spec)
         self.out_like_q = spec.o == spec.x  # (the family's enumerated variants; a forced one may differ)
-        self.out_strides = _bhnd(self.hnd, torch.empty(self.out_shape, device="meta").stride())
+        self.h_axis, self.t_axis = (1, 2) if self.hnd else (2, 1)  # head and token dims of the caller's layout
         # the kernel's scalar tail (attn_short.PARAMS: Hq Hkv nq nk d, then sm_scale_log2 and the causal offset)
         self.ints = (shape.Hq, shape.Hkv, shape.nq, shape.nk, shape.d)
         self.offset = shape.offset
-        launch = attn_short.ShortLaunch(spec, shape.B, shape.Hq, shape.Hkv, shape.nq, shape.nk, shape.d,
-                                        self.out_strides, shape.offset)
-        self.bound = L.Bound(spec, attn_short.PARAMS, launch.grid, launch.threads, launch.smem, self.index)
+        self.bound = attn_short.ShortLaunch(spec, shape.B, shape.Hq, shape.Hkv, shape.nq, shape.nk, shape.d,
+                                            self.out_strides, shape.offset).bound(self.index)
 
     def __call__(self, q, k, v, scale: float):
-        # (the same checks as Direct's: a call the ops must take, inputs not 16-byte vector ready)
+        # The same checks as Direct's (a call the ops must take, inputs not 16-byte vector ready) and the same
+        # arguments as ShortLaunch.__call__, written out here: a shared helper would cost a call per attention().
         if (_dispatch_modes() or _profiling() or type(q) is not _Tensor or type(k) is not _Tensor
                 or type(v) is not _Tensor):
             return None
@@ -154,8 +153,7 @@ class DirectShort:
         out = torch.empty_like(q, memory_format=_CONTIGUOUS) if self.out_like_q else \
             torch.empty(self.out_shape, device=self.device, dtype=self.out_dtype)
         lse = torch.empty(self.lse_shape, device=self.device, dtype=torch.float32) if self.return_lse else None
-        h, t = (1, 2) if self.hnd else (2, 1)  # (batch, head, token) strides of the caller's layout
-        os, n = self.out_strides, self.ints
+        h, t, os, n = self.h_axis, self.t_axis, self.out_strides, self.ints
         self.bound(stream, qp, qs[0], qs[h], qs[t], kp, ks[0], ks[h], ks[t], vp, vs[0], vs[h], vs[t],
                    out.data_ptr(), os[0], os[1], os[2], 0 if lse is None else lse.data_ptr(),
                    n[0], n[1], n[2], n[3], n[4], scale * attn_short.LOG2E, self.offset)

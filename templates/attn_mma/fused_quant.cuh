@@ -10,6 +10,7 @@
 #include <cuda/std/limits>
 #include <cuda/std/type_traits>
 #include "common/numeric.cuh"
+#include "common/row_vec.cuh"
 #include "common/attn_common.cuh"
 #include "attn_mma/smem.cuh"
 #include "attn_mma/mma_sm80.cuh"
@@ -18,13 +19,8 @@ namespace sagegen::attn {
 
 constexpr int kShortKeys = 128;  // keys the short family holds in shared memory (quant_layout.N_ALIGN)
 
-struct Input4 {  // one [B, H, N, d] input in the caller's layout; strides in elements, last dim contiguous
-  const void* ptr;
-  long long sb, sh, sn;
-};
-
-struct FusedInputs {
-  Input4 q, k, v;
+struct FusedInputs {  // the caller's q, k, v (common/row_vec.cuh)
+  Tensor4 q, k, v;
 };
 
 template <int D, int Rows>  // Rows: rows per pass of the thread map
@@ -48,31 +44,6 @@ __device__ __forceinline__ float v_channel_scale(float amax) {
   int e;
   frexpf(amax, &e);  // amax < 2^e
   return ldexpf(1.f, 15 - e);
-}
-
-template <class T>
-__device__ __forceinline__ Vec8x16 load_input_vec(const Input4& x, int b, int h, int row, int ch, int n, int d) {
-  Vec8x16 v{{0u, 0u, 0u, 0u}};
-  if (row < n && ch < d)
-    v = *reinterpret_cast<const Vec8x16*>(static_cast<const T*>(x.ptr) + b * x.sb + h * x.sh + row * x.sn + ch);
-  return v;
-}
-
-// Reductions over the kVec consecutive lanes that hold one row.
-template <int kVec> __device__ __forceinline__ float lanes_max(float x) {
-#pragma unroll
-  for (int o = kVec / 2; o > 0; o >>= 1) x = max_keep_nan(x, __shfl_xor_sync(0xffffffffu, x, o));
-  return x;
-}
-template <int kVec> __device__ __forceinline__ float lanes_sum(float x) {
-#pragma unroll
-  for (int o = kVec / 2; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
-  return x;
-}
-
-// 127 / amax, 0 for an all-zero group, NaN for a NaN one (as the pass: a NaN input poisons its group).
-__device__ __forceinline__ float int8_inverse(float amax) {
-  return amax > 0.f ? 127.f / amax : (amax == 0.f ? 0.f : amax);
 }
 
 // K (head hk, keys < nk), V (fp16) and this CTA's kBlockM Q rows (head h, from m0) into sK / sV / sQ, laid out as
@@ -103,9 +74,9 @@ __device__ void quantize_into_smem(const FusedInputs& in, int b, int h, int hk, 
   }
   cp_async_commit();
 #pragma unroll
-  for (int p = 0; p < kPassK; ++p) raw[p] = load_input_vec<T>(in.k, b, hk, r0 + p * kRows, ch, nk, d);
+  for (int p = 0; p < kPassK; ++p) raw[p] = load_row_vec<T>(in.k, b, hk, r0 + p * kRows, ch, nk, d);
 #pragma unroll
-  for (int p = 0; p < kPassQ; ++p) qraw[p] = load_input_vec<T>(in.q, b, h, m0 + r0 + p * kRows, ch, nq, d);
+  for (int p = 0; p < kPassQ; ++p) qraw[p] = load_row_vec<T>(in.q, b, h, m0 + r0 + p * kRows, ch, nq, d);
   {
     float s[8] = {};
 #pragma unroll
@@ -157,7 +128,7 @@ __device__ void quantize_into_smem(const FusedInputs& in, int b, int h, int hk, 
     smoothed(raw[p], row, f);
 #pragma unroll
     for (int i = 0; i < 8; ++i) amax = max_keep_nan(amax, fabsf(f[i]));
-    amax = lanes_max<kVec>(amax);
+    amax = row_max<D>(amax);
     if (cv == 0) atomic_max_nonneg(&fs.k_amax[scale_group(row, C::kKTile, C::kKSub)], amax);
   }
   __syncthreads();
@@ -191,9 +162,9 @@ __device__ void quantize_into_smem(const FusedInputs& in, int b, int h, int hk, 
       amax = max_keep_nan(amax, fabsf(f[i]));
       dot += f[i] * mean[i];
     }
-    amax = lanes_max<kVec>(amax);
+    amax = row_max<D>(amax);
     if (want_bias) {
-      dot = lanes_sum<kVec>(dot);
+      dot = row_sum<D>(dot);
       if (cv == 0) fs.q_bias[row] = dot;
     }
     if (cv == 0) atomic_max_nonneg(&fs.q_amax[scale_group(row, C::kQTile, C::kQSub)], amax);

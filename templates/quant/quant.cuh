@@ -5,6 +5,7 @@
 // is D/8 consecutive threads, a pass covers 2048/D rows, and a CTA walks one 128-row chunk (N_ALIGN) or one split.
 #pragma once
 #include "common/numeric.cuh"
+#include "common/row_vec.cuh"
 
 namespace sagegen::quant {
 
@@ -16,21 +17,6 @@ template <int D> struct RowMap {
   static constexpr int kRowsPerPass = kThreads / kVecPerRow;
   static_assert(kRowsPerPass % 8 == 0, "a pass must cover whole 8-row fragments");
 };
-
-struct Tensor4 {  // one [B, H, N, d] input with a contiguous last dim; strides in elements
-  const void* ptr;
-  long long sb, sh, sn;
-};
-
-template <class T>
-__device__ __forceinline__ Vec8x16 load_row_vec(const Tensor4& t, int b, int h, int row, int ch, int n, int d) {
-  Vec8x16 v{{0u, 0u, 0u, 0u}};
-  if (row < n && ch < d) {
-    const T* p = static_cast<const T*>(t.ptr) + b * t.sb + h * t.sh + row * t.sn + ch;
-    v = *reinterpret_cast<const Vec8x16*>(p);
-  }
-  return v;
-}
 
 // ---- pass 1: per-split channel sums of K and channel amax of V ------------------------------------------------
 template <class T, int D, bool kWithV>
@@ -162,18 +148,6 @@ __device__ __forceinline__ void k_mean_to_smem(const QkvArgs& a, int b, int hk, 
     mean[c] = combine_splits<D>(p + c, a.splits, 0.f, [](float x, float y) { return x + y; }) * inv_n;
 }
 
-// Sum over the D/8 lanes that hold one row (they are consecutive lanes of one warp).
-template <int D> __device__ __forceinline__ float row_sum(float x) {
-#pragma unroll
-  for (int o = RowMap<D>::kVecPerRow / 2; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
-  return x;
-}
-template <int D> __device__ __forceinline__ float row_max(float x) {
-#pragma unroll
-  for (int o = RowMap<D>::kVecPerRow / 2; o > 0; o >>= 1) x = max_keep_nan(x, __shfl_xor_sync(0xffffffffu, x, o));
-  return x;
-}
-
 // Column of channel ch (a multiple of 8) of Q/K row `row` in the operand image: 16-byte chunk c is stored at
 // c ^ swizzle(row), the 128-byte (D = 128) or 64-byte (D = 64) swizzle wgmma reads, so that an attention kernel
 // can bulk-copy whole tiles into shared memory. D = 256 has no such swizzle (the runtime refuses it).
@@ -237,7 +211,7 @@ __device__ void quantize_int8_chunk(const QkvArgs& a, const Tensor4& x, int H, i
   for (int p = 0; p < kPasses; ++p) {
     const int lrow = r0 + p * M::kRowsPerPass, row = chunk * kChunk + lrow;
     const float amax = group_amax[scale_index(lrow, tile, sub)];
-    const float inv = amax > 0.f ? 127.f / amax : (amax == 0.f ? 0.f : amax);  // NaN amax -> NaN values
+    const float inv = int8_inverse(amax);  // NaN amax -> NaN values
     float f[8];
     unpack8<T>(raw[p], f);
 #pragma unroll

@@ -88,6 +88,23 @@ def _two_variants() -> list[str]:
     return [a.name, b.name]
 
 
+def _two_short_variants() -> list[str]:
+    from sagegen.variants import select
+
+    every = select(["sm89"], "attn_short_*")  # fake_gpu's arch
+    a = next(s for s in every if s.d == 128 and s.causal and s.qg == "thread" and s.x == "bf16")
+    b = next(s for s in every if s.d == 64 and not s.causal and s.qg == "block" and s.x == "f16")
+    return [a.name, b.name]
+
+
+@pytest.mark.parametrize("case", list(TV.SHORT_CASES))
+@pytest.mark.parametrize("name", _two_short_variants())
+def test_short_variant_test_logic(emulated_gpu, name, case):
+    from sagegen.build import BuildResult
+
+    TV.test_short_variant(BuildResult(), _Report(), name, case)
+
+
 @pytest.mark.parametrize("case", list(TV.CASES))
 @pytest.mark.parametrize("name", _two_variants())
 def test_variant_test_logic(emulated_gpu, name, case):

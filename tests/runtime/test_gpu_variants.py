@@ -33,6 +33,33 @@ CASES = {
 }
 
 
+def check_variant(report, test: str, name: str, case: str, q, k, v, *, layout: str, align: str, bound: float):
+    """attention(variant=name) with the LSE against exact attention and the variant's emulation (the bounds in
+    the module docstring); rows that see no key (bottom-right causal, nq > nk) must give 0 and LSE -inf and are
+    left out of the error numbers."""
+    spec = spec_from_name(name)
+    hd, nd = (1, 2) if layout == "HND" else (2, 1)
+    B, Hq, nq, nk = q.shape[0], q.shape[hd], q.shape[nd], k.shape[nd]
+    o, lse = sagegen.attention(q, k, v, is_causal=spec.causal, causal_alignment=align, tensor_layout=layout,
+                               return_lse=True, out_dtype=OUT_DTYPES[spec.o], variant=spec)
+    assert o.shape == q.shape and o.dtype == OUT_DTYPES[spec.o] and lse.shape == (B, Hq, nq)
+    assert torch.isfinite(o).all(), "non-finite output"
+    ref, ref_lse = exact(q, k, v, causal=spec.causal, causal_align=align, layout=layout)
+    emu, emu_lse = emulate(spec, q, k, v, causal_align=align, layout=layout)
+    if spec.causal and align == "bottom_right" and nq > nk:  # rows that see no key: output 0, LSE -inf
+        rows = (slice(None), slice(None), slice(0, nq - nk)) if layout == "HND" else (slice(None), slice(0, nq - nk))
+        assert (o[rows] == 0).all() and torch.isneginf(lse[:, :, : nq - nk]).all()
+        keep = (slice(None), slice(None), slice(nq - nk, None)) if layout == "HND" else \
+            (slice(None), slice(nq - nk, None))
+        o, ref, emu = o[keep], ref[keep], emu[keep]
+        lse, ref_lse, emu_lse = lse[:, :, nq - nk:], ref_lse[:, :, nq - nk:], emu_lse[:, :, nq - nk:]
+    e = errors(o, lse, ref, ref_lse, emu, emu_lse)
+    report.add(test=test, variant=name, case=case, **e)
+    assert e["exact"] < bound, e
+    assert e["emul"] <= 0.5 * e["exact"] + e["round"], e
+    assert e["lse_exact"] < 0.05 and e["lse_emul"] < 0.01, e
+
+
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("name", device_variants("attn_mma"))
 def test_variant(gpu_kernels, report, name, case):
@@ -40,20 +67,9 @@ def test_variant(gpu_kernels, report, name, case):
         pytest.fail(f"{name} failed to compile:\n{gpu_kernels.failed[name][:4000]}")
     spec = spec_from_name(name)
     dist, B, Hq, Hkv, nq, nk, dd, layout, dtype, align, bound = CASES[case]
-    d = spec.d + dd
-    q, k, v = inputs(dist, B=B, Hq=Hq, Hkv=Hkv, nq=nq, nk=nk, d=d, dtype=dtype, layout=layout,
+    q, k, v = inputs(dist, B=B, Hq=Hq, Hkv=Hkv, nq=nq, nk=nk, d=spec.d + dd, dtype=dtype, layout=layout,
                      seed=seed_of(name + case))
-    o, lse = sagegen.attention(q, k, v, is_causal=spec.causal, causal_alignment=align, tensor_layout=layout,
-                               return_lse=True, out_dtype=OUT_DTYPES[spec.o], variant=spec)
-    assert o.shape == q.shape and o.dtype == OUT_DTYPES[spec.o] and lse.shape == (B, Hq, nq)
-    assert torch.isfinite(o).all(), "non-finite output"
-    ref, ref_lse = exact(q, k, v, causal=spec.causal, causal_align=align, layout=layout)
-    emu, emu_lse = emulate(spec, q, k, v, causal_align=align, layout=layout)
-    e = errors(o, lse, ref, ref_lse, emu, emu_lse)
-    report.add(test="variant", variant=name, case=case, **e)
-    assert e["exact"] < bound, e
-    assert e["emul"] <= 0.5 * e["exact"] + e["round"], e
-    assert e["lse_exact"] < 0.05 and e["lse_emul"] < 0.01, e
+    check_variant(report, "variant", name, case, q, k, v, layout=layout, align=align, bound=bound)
 
 
 # attn_short (nk <= 128, quantization inside the kernel): the same scheme and emulation as attn_mma, so the same
@@ -75,21 +91,4 @@ def test_short_variant(gpu_kernels, report, name, case):
     dist, B, Hq, Hkv, nq, nk, dd, layout, align, bound = SHORT_CASES[case]
     q, k, v = inputs(dist, B=B, Hq=Hq, Hkv=Hkv, nq=nq, nk=nk, d=spec.d + dd, dtype=OUT_DTYPES[spec.x],
                      layout=layout, seed=seed_of(name + case))
-    o, lse = sagegen.attention(q, k, v, is_causal=spec.causal, causal_alignment=align, tensor_layout=layout,
-                               return_lse=True, out_dtype=OUT_DTYPES[spec.o], variant=spec)
-    assert o.shape == q.shape and o.dtype == OUT_DTYPES[spec.o] and lse.shape == (B, Hq, nq)
-    assert torch.isfinite(o).all(), "non-finite output"
-    ref, ref_lse = exact(q, k, v, causal=spec.causal, causal_align=align, layout=layout)
-    emu, emu_lse = emulate(spec, q, k, v, causal_align=align, layout=layout)
-    if spec.causal and align == "bottom_right" and nq > nk:  # rows that see no key: output 0, LSE -inf
-        rows = (slice(None), slice(None), slice(0, nq - nk)) if layout == "HND" else (slice(None), slice(0, nq - nk))
-        assert (o[rows] == 0).all() and torch.isneginf(lse[:, :, : nq - nk]).all()
-        keep = (slice(None), slice(None), slice(nq - nk, None)) if layout == "HND" else \
-            (slice(None), slice(nq - nk, None))
-        o, ref, emu = o[keep], ref[keep], emu[keep]
-        lse, ref_lse, emu_lse = lse[:, :, nq - nk:], ref_lse[:, :, nq - nk:], emu_lse[:, :, nq - nk:]
-    e = errors(o, lse, ref, ref_lse, emu, emu_lse)
-    report.add(test="short", variant=name, case=case, **e)
-    assert e["exact"] < bound, e
-    assert e["emul"] <= 0.5 * e["exact"] + e["round"], e
-    assert e["lse_exact"] < 0.05 and e["lse_emul"] < 0.01, e
+    check_variant(report, "short", name, case, q, k, v, layout=layout, align=align, bound=bound)
