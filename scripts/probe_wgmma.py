@@ -1,12 +1,14 @@
-"""Ablation probes of one sm90a wgmma variant: where does its time go? Dev tool, one device call.
+"""Ablation probes of one attention variant (the sm90a wgmma or the mma.sync family): where does its time go?
+Dev tool, one device call.
 
 Each probe compiles the variant's own source with one or more ``SAGEGEN_PROBE_*`` macros defined in front (the
 kernel header's hooks; the generator never sets them) and times it kernel-only on the same quantized inputs:
   NO_EXP      the exp unit's MUFU.EX2 replaced by an FMUL (XU pipe freed, instruction count kept)
   NO_MAX      no row max (a constant): the max tree, its quad shuffles and the rescale factor freed
   NO_SOFTMAX  scores packed into P as they are (no max, exp, sum, mask: the softmax's issue slots freed)
-  NO_MMA      no wgmma issued (the tensor pipe freed; the barriers, copies and softmax still run)
+  NO_MMA      no wgmma / mma.sync issued (the tensor pipe freed; the barriers, copies and softmax still run)
   NO_LOAD     the producer copies only the first s blocks; later blocks reuse them (no L2 -> shared traffic)
+  (NO_MAX, TRACE and SPLIT_LOOP exist in the wgmma kernel only; the mma.sync kernel has the other four and NO_EXP)
   TRACE       clock64 at 8 points of every overlapped iteration (head 0), printed as median phase lengths
               (the compiler moves instructions across the clock reads: phases are approximate)
   SPLIT_LOOP  the main loop in two halves (no mask branch before the first masked block) in every variant
@@ -30,6 +32,7 @@ import torch  # noqa: E402
 
 from sagegen.compiler import compile_cubin  # noqa: E402
 from sagegen.render import render  # noqa: E402
+from sagegen.runtime import attn_mma as A  # noqa: E402
 from sagegen.runtime import attn_wgmma as W  # noqa: E402
 from sagegen.variants import spec_from_name  # noqa: E402
 
@@ -64,8 +67,14 @@ class ProbeKernel:
         (err,) = driver.cuKernelSetAttribute(attr, spec.smem_bytes(), self.kernel.handle, device)
         assert err == driver.CUresult.CUDA_SUCCESS, err
 
-    def __call__(self, launch: W.AttentionLaunch, stream: int, *args):
-        argv = W.PARAMS.pack((*args[:7], *launch.out_strides, args[7], *launch.ints, args[8], launch.causal_offset))
+    def __call__(self, launch, stream: int, *args):
+        if self.spec.family == "attn_mma":  # q8 q_scale k8 k_scale v (v strides) o (o strides) lse ... sm_scale
+            q8, q_scale, k8, k_scale, v, v_strides, out, lse, sm_scale = args
+            argv = A.PARAMS.pack((q8, q_scale, k8, k_scale, v, *v_strides, out, *launch.out_strides, lse,
+                                  *launch.ints, sm_scale, launch.causal_offset))
+        else:
+            argv = W.PARAMS.pack((*args[:7], *launch.out_strides, args[7], *launch.ints, args[8],
+                                  launch.causal_offset))
         g = launch.grid
         (err,) = self.driver.cuLaunchKernel(self.handle, g[0], g[1], g[2], launch.threads, 1, 1, launch.smem, stream,
                                             argv, 0)
@@ -87,7 +96,7 @@ def summarize_trace(t: torch.Tensor) -> dict:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--spec", nargs="+", default=[DEFAULT_SPEC], help="variant names (sm90a wgmma family)")
+    ap.add_argument("--spec", nargs="+", default=[DEFAULT_SPEC], help="variant names (attn_wgmma or attn_mma)")
     ap.add_argument("--n", type=int, nargs="+", default=[8192, 16384])
     ap.add_argument("--probes", nargs="+",
                     default=["none", "NO_EXP", "NO_SOFTMAX", "NO_MMA", "NO_LOAD", "NO_LOAD+NO_SOFTMAX"])
@@ -106,12 +115,23 @@ def main():
         B, H = 4, 32
         for spec in specs:
             q, k, v = (torch.randn(B, H, n, spec.d, device=dev, dtype=torch.bfloat16) for _ in range(3))
-            qz = W.quantize_for(q, k, v, spec, "HND", False)
             out = torch.empty_like(q)
-            launch = W.AttentionLaunch(spec, B, H, H, n, n, spec.d, (H * n * spec.d, n * spec.d, spec.d), 0)
-            ptrs = (qz.q8.data_ptr(), qz.q_scale.data_ptr(), qz.k8.data_ptr(), qz.k_scale.data_ptr(),
-                    qz.v.data_ptr(), qz.v_scale.data_ptr() if qz.v_scale is not None else 0, out.data_ptr(), 0,
-                    spec.d ** -0.5 * W.LOG2E)
+            out_strides = (H * n * spec.d, n * spec.d, spec.d)
+            if spec.family == "attn_mma":
+                prep = A.Prepared(q, k, v, spec, "HND", False)
+                qz = prep.qz
+                launch = A.AttentionLaunch(spec, B, H, H, n, n, spec.d, prep.v_rows, out_strides, 0)
+                ptrs = (qz.q8.data_ptr(), qz.q_scale.data_ptr(), qz.k8.data_ptr(), qz.k_scale.data_ptr(),
+                        prep.v.data_ptr(), prep.v_strides, out.data_ptr(), 0, spec.d ** -0.5)
+                runtime = lambda: A.run_kernel(prep, sm_scale=spec.d ** -0.5, out=out)  # noqa: E731
+            else:
+                qz = W.quantize_for(q, k, v, spec, "HND", False)
+                launch = W.AttentionLaunch(spec, B, H, H, n, n, spec.d, out_strides, 0)
+                ptrs = (qz.q8.data_ptr(), qz.q_scale.data_ptr(), qz.k8.data_ptr(), qz.k_scale.data_ptr(),
+                        qz.v.data_ptr(), qz.v_scale.data_ptr() if qz.v_scale is not None else 0, out.data_ptr(), 0,
+                        spec.d ** -0.5 * W.LOG2E)
+                runtime = lambda: W.run_kernel(qz, spec, q_shape=q.shape, layout="HND", B=B, Hq=H,  # noqa: E731
+                                               Hkv=H, sm_scale=spec.d ** -0.5, out=out)
             flops = 4 * B * H * n * n * spec.d / (2 if spec.causal else 1)
             line = [f"n={n} {spec.name}"]
             ref = None  # the 'none' probe's output, when it runs first
@@ -124,7 +144,7 @@ def main():
                     nb = -(-n // spec.n)
                     trace = torch.zeros(launch.grid[0] * spec.consumers * nb * 8, device=dev, dtype=torch.int64)
                     assert trace.numel() * 2 <= B * H * n, "trace must fit where the LSE would go"
-                run_ptrs = ptrs if trace is None else (*ptrs[:7], trace.data_ptr(), ptrs[8])
+                run_ptrs = ptrs if trace is None else (*ptrs[:-2], trace.data_ptr(), ptrs[-1])
                 out.fill_(float("nan"))  # poison: every probe must write every output
                 kern(launch, stream, *run_ptrs)
                 torch.cuda.synchronize()
@@ -138,9 +158,7 @@ def main():
                 tops = flops / (ms * 1e-3) / 1e12
                 rows.append({"n": n, "spec": spec.name, "probe": probe, "ms": ms, "tops": tops, "rel_l1_vs_none": diff})
                 line.append(f"{probe}={tops:.0f}" + (f" (vs none {diff:.1e})" if diff is not None and probe != "none" else ""))
-            ms = do_bench(lambda: W.run_kernel(qz, spec, q_shape=q.shape, layout="HND", B=B, Hq=H, Hkv=H,
-                                               sm_scale=spec.d ** -0.5, out=out), warmup=30, rep=200,
-                          return_mode="median")
+            ms = do_bench(runtime, warmup=30, rep=200, return_mode="median")
             line.append(f"runtime={flops / (ms * 1e-3) / 1e12:.0f}")
             print(" | ".join(line), flush=True)
     Path(args.out).mkdir(parents=True, exist_ok=True)

@@ -15,9 +15,11 @@ from .spec import KernelSpec, build_valid, flag, prefix, word
 OUT_TYPES = {"f16": "__half", "bf16": "__nv_bfloat16"}
 # Tile shapes the enumerator tries; check() keeps those that fit. (m, n, w, s, b): b is the CTAs per SM the
 # compiler must make room for (__launch_bounds__ min blocks; 1 = no register cap beyond 255).
-TILES = ((64, 64, 4, 2, 1), (64, 128, 4, 2, 1), (128, 64, 8, 2, 1), (128, 32, 8, 2, 2), (128, 32, 4, 2, 1))
+TILES = ((64, 64, 4, 2, 1), (64, 128, 4, 2, 1), (128, 64, 8, 2, 1), (128, 32, 8, 2, 2), (128, 32, 4, 2, 1),
+         (128, 32, 4, 3, 1), (128, 32, 4, 4, 1))
 # Measured on the H100 (d=128, N=8k; BENCHMARKS.md, ablation): single-stage tiles, 2-warp CTAs, b=3 register caps
-# and a Q.K^T look-ahead over three stages all lost to these.
+# and a Q.K^T look-ahead over three stages all lost to these. More stages pay only for the 128 x 32 tile with
+# 4 warps (its loop is unrolled over them, templates/attn_mma/kernel.cuh): s4 +4% at d=128, +3% at d=64.
 # Q/K scale granularity pairs enumerated (K per-warp is K per-block: every warp sees the whole key tile).
 GRANULARITY_PAIRS = (("block", "block"), ("warp", "block"), ("thread", "thread"))
 REG_BUDGET = 224  # of 255; calibrated against ptxas -v on sm_90a: estimates above it spilled
@@ -81,8 +83,8 @@ class AttnMmaSpec(KernelSpec):
             raise InvalidVariant(f"m={self.m} over w={self.w} warps must give 16 or 32 rows per warp")
         if self.n not in (32, 64, 128) or N_ALIGN % self.m or N_ALIGN % self.n:
             raise InvalidVariant(f"m={self.m}, n={self.n} must divide {N_ALIGN}; n in 32/64/128")
-        if self.s not in (2, 3):
-            raise InvalidVariant(f"s must be 2 or 3, got {self.s}")
+        if self.s not in (2, 3, 4):
+            raise InvalidVariant(f"s must be 2, 3 or 4, got {self.s}")
         if self.b < 1 or self.b * self.threads > 2048 or self.b * self.smem_bytes() > self.target.smem_per_sm:
             raise InvalidVariant(f"b={self.b} CTAs of {self.threads} threads and {self.smem_bytes()} B shared "
                                  f"memory do not fit one {self.arch} SM")

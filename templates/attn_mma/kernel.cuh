@@ -36,6 +36,12 @@ struct Config {
   // Lazy-rescale slack (log2 units): P may reach 2^kSlack. An fp16 P.V accumulator summing a whole key block
   // of such values could overflow, so the fp16-accumulate mode rescales on every increase.
   static constexpr int kSlack = AccF16 ? 0 : 8;
+  // Main loop unrolled over the stages (constant shared-memory offsets) where it was measured faster and ptxas
+  // keeps it spill-free: 32-row warps at d=64, and at d=128 with 4 stages without a causal mask. H100, kernel TOPS
+  // at 8k, same call (docs/perf-notes.md, seventh session): d=64 m128 n32 w4 s2 297 -> 312, s4 302 -> 323;
+  // d=128 s4 384 -> 398 (s2 and s3 tie; unrolled they spill 8-24 bytes at d=128, as does causal s4).
+  static constexpr int kUnroll =
+      (!kFused && kWarpM == 32 && (D == 64 || (Stages == 4 && !Causal))) ? Stages : 1;
   static_assert(Stages >= 2, "at least a double buffer");
   using Out = OutT;
   using MmaOps = Mma;
@@ -213,6 +219,10 @@ __device__ __forceinline__ void attn_fwd(const Params& p) {
 
   // Dequantize, mask and exponentiate block j's scores, rescale O when a row max moved, then O += P . V.
   auto softmax_pv_block = [&](int j, int stage, float (&s)[C::kMTiles][C::kNTiles][4]) {
+#ifdef SAGEGEN_PROBE_NO_SOFTMAX  // ablation probe (scripts/probe_wgmma.py --family attn_mma): scores into P as they are
+    pv_block(stage, s, o);
+    return;
+#endif
     const int col0 = j * C::kBlockN + 2 * tq;
     const float k_scale = k_scale_base[scale_group(col0, C::kKTile, C::kKSub)];
     const bool masked = block_needs_mask<C::kCausal, C::kBlockN>(j, m0, p.nk, p.causal_offset);
@@ -245,19 +255,29 @@ __device__ __forceinline__ void attn_fwd(const Params& p) {
     pv_block(stage, s, o);
   };
 
-  for (int j = 0; j < nb; ++j) {
+  // One key block: wait for it, prefetch block j + kStages - 1 into stage `next`, then S, softmax and P.V.
+  auto step = [&](int j, int buf, int next) {
     if constexpr (!C::kFused) {  // (the short family's key blocks are all resident: block j is buffer j)
       if (j > 0) {
         cp_async_wait<C::kStages - 2>();
         __syncthreads();  // block j landed for every thread, and everyone is done with block j-1's stage
       }
-      if (j + C::kStages - 1 < nb) load_kv(j + C::kStages - 1, (j + C::kStages - 1) % C::kStages);
+#ifndef SAGEGEN_PROBE_NO_LOAD  // ablation probe: later blocks reuse the first stages (no L2 -> shared traffic)
+      if (j + C::kStages - 1 < nb) load_kv(j + C::kStages - 1, next);
+#endif
       cp_async_commit();
     }
-    const int buf = C::kFused ? j : j % C::kStages;
     float s[C::kMTiles][C::kNTiles][4];
     qk_block(buf, s);
     softmax_pv_block(j, buf, s);
+  };
+  if constexpr (C::kUnroll == 1) {
+    for (int j = 0; j < nb; ++j) step(j, C::kFused ? j : j % C::kStages, (j + C::kStages - 1) % C::kStages);
+  } else {  // unrolled over the stages: every stage's shared-memory offsets are constants
+    for (int j0 = 0; j0 < nb; j0 += C::kUnroll)
+#pragma unroll
+      for (int u = 0; u < C::kUnroll; ++u)
+        if (j0 + u < nb) step(j0 + u, u, (u + C::kStages - 1) % C::kStages);
   }
 
   // Epilogue: normalize, write O (the caller's d columns, rows < nq) and the LSE.

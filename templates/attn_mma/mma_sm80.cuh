@@ -16,16 +16,30 @@ struct MmaSm80 {
   // S(16x8, s32) += Q(16x32, s8) . K^T(32x8, s8)
   __device__ __forceinline__ static void qk(int32_t (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
     uint32_t* d = reinterpret_cast<uint32_t*>(c);
+#ifdef SAGEGEN_PROBE_NO_MMA  // ablation probe (scripts/probe_wgmma.py --family attn_mma): no tensor op, same deps
+    asm volatile("" : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]),
+                 "r"(b0), "r"(b1));
+    return;
+#endif
     cute::SM80_16x8x32_S32S8S8S32_TN::fma(d[0], d[1], d[2], d[3], a[0], a[1], a[2], a[3], b0, b1,
                                           d[0], d[1], d[2], d[3]);
   }
   // O(16x8, f32) += P(16x16, f16) . V(16x8, f16)
   __device__ __forceinline__ static void pv(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#ifdef SAGEGEN_PROBE_NO_MMA
+    asm volatile("" : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3]) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]),
+                 "r"(b0), "r"(b1));
+    return;
+#endif
     cute::SM80_16x8x16_F32F16F16F32_TN::fma(c[0], c[1], c[2], c[3], a[0], a[1], a[2], a[3], b0, b1,
                                             c[0], c[1], c[2], c[3]);
   }
   // O(16x8, f16) += P . V with the accumulator rounded to fp16 each step (SageAttention's fp16-accumulate mode)
   __device__ __forceinline__ static void pv(uint32_t (&c)[2], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#ifdef SAGEGEN_PROBE_NO_MMA
+    asm volatile("" : "+r"(c[0]), "+r"(c[1]) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    return;
+#endif
     cute::SM80_16x8x16_F16F16F16F16_TN::fma(c[0], c[1], a[0], a[1], a[2], a[3], b0, b1, c[0], c[1]);
   }
 };

@@ -125,7 +125,11 @@ def test_only_sm90a_has_the_fp8_family():
 def test_heuristic_tile_rule():
     acc = dict(arch="sm89", precision="accurate")  # the mma.sync family's rule (sm90a runs the wgmma family)
     big = registry.heuristic(key(**acc), sm_count=132)  # 128 heads x 64 tiles: a full grid
-    assert (big.m, big.n, big.w, big.s) == registry.PREFERRED_TILES[0]
+    # d=128 with 3 or 4 stages would leave sm89's 100 KB of shared memory one CTA per SM: the 2-stage tile
+    assert (big.m, big.n, big.w, big.s) == (128, 32, 4, 2) and 2 * big.smem_bytes() <= 100 * 1024
+    for arch, d in (("sm80", 128), ("sm89", 64), ("sm120a", 64)):  # where two 4-stage CTAs fit: the first tile
+        spec = registry.heuristic(key(arch=arch, d=d, precision="accurate"), sm_count=132)
+        assert (spec.m, spec.n, spec.w, spec.s) == registry.PREFERRED_TILES[0] == (128, 32, 4, 4), (arch, d)
     small = registry.heuristic(key(nq=256, batch_heads=8, **acc), sm_count=132)  # 8 x 2 CTAs of 128 rows
     assert small.m == 64
     assert registry.heuristic(key(nq=256, batch_heads=8, **acc)).m == 128  # unknown SM count: full-grid rule

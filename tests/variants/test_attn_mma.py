@@ -78,7 +78,7 @@ def test_every_variant_fits_the_arch_and_tiles_divide_the_padding(arch):
 
 @pytest.mark.parametrize("change, match", [
     (dict(qk="e4m3"), "qk"), (dict(pv="e4m3"), "pv"), (dict(acc="f64"), "acc"), (dict(o="f32"), "o must"),
-    (dict(d=96), "d must"), (dict(m=128, w=2), "rows per warp"), (dict(n=256), "n="), (dict(s=4), "s must"),
+    (dict(d=96), "d must"), (dict(m=128, w=2), "rows per warp"), (dict(n=256), "n="), (dict(s=5), "s must"),
     (dict(qg="row"), "qg"), (dict(kg="warp"), "kg"),
 ])
 def test_invalid_parameters_are_rejected_with_the_reason(change, match):
