@@ -24,10 +24,10 @@ Heuristic (``heuristic``), used whenever nothing was measured for the key:
     stages; at d=64 three stages with intra-warpgroup overlap and the row sum on the MMA;
   * scale granularity per-thread Q and K first (H100, N(0,1), d=128: rel-L1 0.010-0.011 against 0.011-0.012 for
     per-warp Q / per-block K and 0.012-0.013 for per-block, at the same speed), then warp/block, then block/block;
-  * tiles in the order of the H100 measurements (d=128, bf16, N=8k-16k): (m=128, n=32, w=4) with 4, 3, then 2
-    stages (398-405, 392-399, 381-388 TOPS; 2026-11-26, seventh session), (64, 64, 4, 2) ~362, (128, 64, 8, 2)
-    ~358; anything else after them (larger tiles first). A 3- or 4-stage tile goes last where two of its CTAs
-    would not fit the SM's shared memory (d=128 on sm86 / sm89 / sm120a): the registers allow two per SM;
+  * tiles in the order of the H100 measurements (d=128, bf16, N=8k-16k): (m=128, n=32, w=4) with 4, then 2
+    stages (398-405 and 381-388 TOPS; 2026-11-26, seventh session), (64, 64, 4, 2) ~362, (128, 64, 8, 2) ~358;
+    anything else after them (larger tiles first). The 4-stage tile goes last where two of its CTAs would not
+    fit the SM's shared memory (d=128 on sm86 / sm89 / sm120a): the registers allow two per SM;
   * when the grid of 128-row tiles would not fill the GPU once (B*Hq*ceil(Nq/128) < SM count), the 64-row tile
     goes first: twice the CTAs beats the larger tile's reuse on a half-empty GPU. The warpgroup family likewise
     puts its two-warpgroup (128-row) schedules before the 192-row ones there (a rule, not measured).
@@ -78,8 +78,8 @@ TABLE_FORMAT = 1
 GQA_BUCKET_MAX = 16
 
 # (m, n, w, s) in the order measured best on the H100 (see the module docstring); b = 1 preferred among equals.
-PREFERRED_TILES = ((128, 32, 4, 4), (128, 32, 4, 3), (128, 32, 4, 2), (64, 64, 4, 2), (128, 64, 8, 2))
-SMALL_GRID_TILES = ((64, 64, 4, 2), (128, 32, 4, 4), (128, 32, 4, 3), (128, 32, 4, 2), (128, 64, 8, 2))
+PREFERRED_TILES = ((128, 32, 4, 4), (128, 32, 4, 2), (64, 64, 4, 2), (128, 64, 8, 2))
+SMALL_GRID_TILES = ((64, 64, 4, 2), (128, 32, 4, 4), (128, 32, 4, 2), (128, 64, 8, 2))
 # CTAs per SM the registers leave the listed 4-warp tiles (~255 registers x 128 threads): more stages are preferred
 # only where the SM's shared memory still holds that many CTAs (sm86/sm89/sm120a at d=128 keep two stages).
 MMA_CTAS_PER_SM = 2

@@ -16,10 +16,11 @@ OUT_TYPES = {"f16": "__half", "bf16": "__nv_bfloat16"}
 # Tile shapes the enumerator tries; check() keeps those that fit. (m, n, w, s, b): b is the CTAs per SM the
 # compiler must make room for (__launch_bounds__ min blocks; 1 = no register cap beyond 255).
 TILES = ((64, 64, 4, 2, 1), (64, 128, 4, 2, 1), (128, 64, 8, 2, 1), (128, 32, 8, 2, 2), (128, 32, 4, 2, 1),
-         (128, 32, 4, 3, 1), (128, 32, 4, 4, 1))
+         (128, 32, 4, 4, 1))
 # Measured on the H100 (d=128, N=8k; BENCHMARKS.md, ablation): single-stage tiles, 2-warp CTAs, b=3 register caps
 # and a Q.K^T look-ahead over three stages all lost to these. More stages pay only for the 128 x 32 tile with
-# 4 warps (its loop is unrolled over them, templates/attn_mma/kernel.cuh): s4 +4% at d=128, +3% at d=64.
+# 4 warps (its loop is unrolled over them, templates/attn_mma/kernel.cuh): s4 +4% at d=128, +3% at d=64; s3 sat
+# between s2 and s4 and fits no SM that s4 does not, so it is not enumerated.
 # Q/K scale granularity pairs enumerated (K per-warp is K per-block: every warp sees the whole key tile).
 GRANULARITY_PAIRS = (("block", "block"), ("warp", "block"), ("thread", "thread"))
 REG_BUDGET = 224  # of 255; calibrated against ptxas -v on sm_90a: estimates above it spilled
