@@ -146,7 +146,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, nargs="+", help="sequence lengths (default 1k..32k)")
-    ap.add_argument("--d", type=int, nargs="+", choices=(64, 128), help="head dims (default 64 128)")
+    ap.add_argument("--d", type=int, nargs="+", choices=(64, 128, 256), help="head dims (default 64 128)")
     ap.add_argument("--causal", type=int, nargs="+", choices=(0, 1), help="0 full, 1 causal (default both)")
     ap.add_argument("--quick", action="store_true", help=f"N {QUICK_NS}, d 128")
     ap.add_argument("--variants", help="also time the attention variants matching this glob (per shape's d/causal)")

@@ -39,7 +39,7 @@ from .registry import Choice
 LAYOUTS = ("HND", "NHD")
 ALIGNMENTS = ("top_left", "bottom_right")
 DTYPE_TAGS = {torch.float16: "f16", torch.bfloat16: "bf16"}
-MAX_HEAD_DIM = 128  # both attention families compile d = 64 and 128; 256 needs a family that has it
+MAX_HEAD_DIM = 256  # attn_mma compiles d = 64, 128 and 256; attn_wgmma and attn_short 64 and 128
 MAX_PLANS = 4096
 DEVICE_TYPES = ("cuda", "meta")  # meta: shape inference only (fake kernels)
 META_ARCH = "sm80"  # meta tensors have no GPU: their plans use the portable arch's heuristic (shapes only)
@@ -127,7 +127,7 @@ def inspect_inputs(q, k, v, *, is_causal=False, causal_alignment="bottom_right",
                          f"Hq % Hkv == 0)")
     if d > MAX_HEAD_DIM:
         raise ValueError(f"head dim {d} of {nq_} is not supported: sagegen's attention families run d <= "
-                         f"{MAX_HEAD_DIM} (d = 256 is not supported yet)")
+                         f"{MAX_HEAD_DIM}")
     if d % 8:
         raise ValueError(f"head dim {d} of {nq_} must be a multiple of 8 (16-byte vector loads)")
     for name, t in ((nq_, q), (nk_, k), (nv_, v)):
@@ -483,8 +483,9 @@ def attention(q, k, v, *, is_causal: bool = False, sm_scale: float | None = None
 
     q: [B, Hq, Nq, d], k and v: [B, Hkv, Nk, d] (``tensor_layout="NHD"``: [B, N, H, d]); fp16 or bf16, all one
     dtype and one device; last dimension contiguous (other strides are free); Hq a multiple of Hkv (GQA/MQA: query
-    head h reads kv head h // (Hq // Hkv)); d <= 128 and a multiple of 8 (d other than 64/128 is zero-padded
-    inside; d = 256 is not supported by this family yet). Empty tensors raise ValueError (torch SDPA would return
+    head h reads kv head h // (Hq // Hkv)); d <= 256 and a multiple of 8 (d other than 64/128/256 is zero-padded
+    inside; 128 < d <= 256 runs the mma.sync family in either precision: no FP8 kernel has it yet). Empty tensors
+    raise ValueError (torch SDPA would return
     an empty result). Meta tensors return meta outputs (shape inference).
 
     is_causal: mask keys in the future. ``causal_alignment``: "bottom_right" (default; the FlashAttention >= 2.1 and

@@ -94,13 +94,18 @@ SHORT_TILES = ((128, 64, 8), (64, 64, 4), (64, 128, 4))
 SHORT_MAX_QUERIES = 2048
 # Where torch SDPA's cuDNN backend beat the registry's kernel end to end (NVIDIA H100, B=4, H=32, bf16; e2e vs
 # cuDNN in BENCHMARKS.md): (arch, precision) -> (d, causal) -> the largest key-length bucket where cuDNN won.
+EVERY_LENGTH = math.inf
 SDPA_FASTER = {
     # cuDNN where the kernel's mean end-to-end ratio over two same-call-pair H100 runs per precision (2026-11-26,
     # after the quantization pass reached ~80% of copy bandwidth) was below 1.04 (a tie goes to cuDNN: it is
     # exact). fast: up to 2k keys at d=128 (4k causal), 4k at d=64 (8k causal); accurate (FP16 P.V): up to 4k,
     # 8k at d=64 causal.
-    ("sm90a", "fast"): {(128, False): 2048, (128, True): 4096, (64, False): 4096, (64, True): 8192},
-    ("sm90a", "accurate"): {(128, False): 4096, (128, True): 4096, (64, False): 4096, (64, True): 8192},
+    # d=256 (the mma.sync family only; seventh session): cuDNN ran 1.9-2.4x the kernel end to end at every length
+    # measured (4k-16k, causal or not: 605-698 TOPS against 251-361), so it takes every length.
+    ("sm90a", "fast"): {(128, False): 2048, (128, True): 4096, (64, False): 4096, (64, True): 8192,
+                        (256, False): EVERY_LENGTH, (256, True): EVERY_LENGTH},
+    ("sm90a", "accurate"): {(128, False): 4096, (128, True): 4096, (64, False): 4096, (64, True): 8192,
+                            (256, False): EVERY_LENGTH, (256, True): EVERY_LENGTH},
 }
 
 # (m, s, overlap, pingpong, rowsum) per (P.V format, head dim, causal), best first (NVIDIA H100 / H200, B=4, H=32,

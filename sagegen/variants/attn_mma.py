@@ -9,21 +9,23 @@ from dataclasses import dataclass
 
 from ..arch import CP_ASYNC, MMA_F16, MMA_I8
 from ..errors import InvalidVariant
-from ..quant_layout import GRANULARITIES, N_ALIGN, k_groups, q_groups
+from ..quant_layout import GRANULARITIES, HEAD_DIMS, N_ALIGN, k_groups, q_groups
 from .spec import KernelSpec, build_valid, flag, prefix, word
 
 OUT_TYPES = {"f16": "__half", "bf16": "__nv_bfloat16"}
 # Tile shapes the enumerator tries; check() keeps those that fit. (m, n, w, s, b): b is the CTAs per SM the
 # compiler must make room for (__launch_bounds__ min blocks; 1 = no register cap beyond 255).
 TILES = ((64, 64, 4, 2, 1), (64, 128, 4, 2, 1), (128, 64, 8, 2, 1), (128, 32, 8, 2, 2), (128, 32, 4, 2, 1),
-         (128, 32, 4, 4, 1))
+         (128, 32, 4, 4, 1), (64, 32, 4, 2, 1))
 # Measured on the H100 (d=128, N=8k; BENCHMARKS.md, ablation): single-stage tiles, 2-warp CTAs, b=3 register caps
 # and a Q.K^T look-ahead over three stages all lost to these. More stages pay only for the 128 x 32 tile with
 # 4 warps (its loop is unrolled over them, templates/attn_mma/kernel.cuh): s4 +4% at d=128, +3% at d=64; s3 sat
-# between s2 and s4 and fits no SM that s4 does not, so it is not enumerated.
+# between s2 and s4 and fits no SM that s4 does not, so it is not enumerated. (64, 32, 4, 2): the tile whose
+# shared memory fits d=256 on the 100 KB SMs (sm86 / sm89 / sm120a: 16 + 2 x 24 KB).
 # Q/K scale granularity pairs enumerated (K per-warp is K per-block: every warp sees the whole key tile).
 GRANULARITY_PAIRS = (("block", "block"), ("warp", "block"), ("thread", "thread"))
 REG_BUDGET = 224  # of 255; calibrated against ptxas -v on sm_90a: estimates above it spilled
+D256_MAX_COPIES = 12  # see check()
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,10 @@ class AttnMmaSpec(KernelSpec):
         kv = self.s * self.n * self.d * (1 + 2)  # int8 K + fp16 V per stage
         return q + kv
 
+    def copies_per_thread(self) -> int:
+        """16-byte cp.async copies of one K (int8) + V (fp16) key block each thread issues."""
+        return self.n * self.d * 3 // (16 * self.threads)
+
     def reg_estimate(self) -> int:
         """Registers per thread of the accumulators and fragments, plus ~24 for addresses and temporaries."""
         mt = self.warp_m // 16
@@ -78,8 +84,8 @@ class AttnMmaSpec(KernelSpec):
             raise InvalidVariant(f"acc must be f32 or f16, got {self.acc!r}")
         if self.o not in OUT_TYPES:
             raise InvalidVariant(f"o must be one of {sorted(OUT_TYPES)}, got {self.o!r}")
-        if self.d not in (64, 128):
-            raise InvalidVariant(f"d must be 64 or 128, got {self.d}")
+        if self.d not in HEAD_DIMS:
+            raise InvalidVariant(f"d must be one of {HEAD_DIMS}, got {self.d}")
         if self.w not in (2, 4, 8) or self.m % self.w or self.warp_m not in (16, 32):
             raise InvalidVariant(f"m={self.m} over w={self.w} warps must give 16 or 32 rows per warp")
         if self.n not in (32, 64, 128) or N_ALIGN % self.m or N_ALIGN % self.n:
@@ -98,6 +104,11 @@ class AttnMmaSpec(KernelSpec):
                                  f"{self.target.smem_per_block}")
         if self.reg_estimate() > REG_BUDGET:
             raise InvalidVariant(f"needs ~{self.reg_estimate()} registers per thread (budget {REG_BUDGET})")
+        if self.d == 256 and self.copies_per_thread() > D256_MAX_COPIES:
+            # d=256's fp32 O leaves ~30 registers: ptxas (sm_80 / sm_90a) spilled 24-44 bytes for 24 copies per
+            # thread (m64 n64 w4), 0-8 for 12 (m128 n64 w8: 8 on sm_80 only; m64 n32 w4: none)
+            raise InvalidVariant(f"d=256 with {self.copies_per_thread()} 16-byte K/V copies per thread and key block "
+                                 f"(more than {D256_MAX_COPIES}) spills registers")
 
     @property
     def q_groups(self):
@@ -125,7 +136,7 @@ class AttnMmaSpec(KernelSpec):
 
 def enumerate_variants(arch: str) -> list[AttnMmaSpec]:
     out = []
-    for d in (64, 128):
+    for d in HEAD_DIMS:
         for m, n, w, s, b in TILES:
             for qg, kg in GRANULARITY_PAIRS:
                 for acc in ("f32", "f16"):

@@ -53,10 +53,18 @@ def test_meta_shapes_and_dtypes(layout, dtype, out_dtype):
     assert sagegen.attention(q, k, v, tensor_layout=layout).shape == q.shape
 
 
-@pytest.mark.parametrize("d", [8, 64, 72, 120, 128])
-def test_meta_head_dims_up_to_128(d):
+@pytest.mark.parametrize("d", [8, 64, 72, 120, 128, 136, 192, 256])
+def test_meta_head_dims_up_to_256(d):
     q, k, v = qkv(d=d)
     assert sagegen.attention(q, k, v).shape == q.shape
+
+
+@pytest.mark.parametrize("precision", ["fast", "accurate"])
+def test_head_dims_above_128_run_the_mma_family_compiled_for_256(precision):
+    # meta tensors plan for sm80 (no FP8 family); test_api_wgmma checks sm90a, whose FP8 family lacks d = 256
+    for d in (136, 256):
+        spec = api.describe(*qkv(d=d, nq=4096, nk=4096), precision=precision, sdpa_fallback=False).spec
+        assert (spec.family, spec.d, spec.acc) == ("attn_mma", 256, "f32"), spec.name
 
 
 def test_mqa_and_odd_lengths():
@@ -163,10 +171,10 @@ def test_nhd_shapes_are_read_in_nhd():
         sagegen.attention(q, k, v, tensor_layout="NHD")
 
 
-@pytest.mark.parametrize("d", [136, 192, 256])
-def test_head_dim_above_128(d):
+@pytest.mark.parametrize("d", [264, 320, 512])
+def test_head_dim_above_256(d):
     q, k, v = qkv(d=d)
-    with raises(ValueError, str(d), "128", "256 is not supported yet"):
+    with raises(ValueError, str(d), "256", "of q "):
         sagegen.attention(q, k, v)
 
 

@@ -53,6 +53,20 @@ def test_default_precision_on_sm90a_runs_the_wgmma_family(fake_hopper, layout, n
     assert tuple(int(a) for a in qargs[19:23]) == (qg.tile, qg.sub, kg.tile, kg.sub) == (16, 8, 128, 4)
 
 
+@pytest.mark.parametrize("precision", ["fast", "accurate"])
+@pytest.mark.parametrize("d", [136, 256])
+def test_head_dims_above_128_run_the_mma_family_on_sm90a(fake_hopper, precision, d):
+    """No wgmma variant has d = 256: either precision runs the mma.sync family's d = 256 kernel (FP16 P.V, the more
+    accurate one), after the quantization pass for its padded head dim."""
+    q, k, v = inputs(nq=300, nk=300, d=d)
+    o = sagegen.attention(q, k, v, precision=precision)
+    assert o.shape == q.shape
+    (stats, *_), (qkv, *_) = fake_hopper[0], qkv_launch(fake_hopper)
+    assert qkv.d == 256
+    spec = fake_hopper.attn()[0][0]
+    assert isinstance(spec, AttnMmaSpec) and (spec.d, spec.acc) == (256, "f32")
+
+
 def _kernel_params(spec) -> list[tuple[str, str]]:
     """(C type, name) of the rendered kernel's parameters, in order."""
     signature = re.search(rf"{spec.name}\((.*?)\)\s*{{", render(spec), re.S).group(1)

@@ -76,7 +76,7 @@ def test_odd_lengths(gpu_kernels, report, request, nq, nk, causal, align):
     i = LENGTHS.index((nq, nk))
     layout = "NHD" if i % 2 else "HND"
     Hq, Hkv = [(4, 1), (4, 2), (2, 2)][i % 3]
-    d = [128, 64, 72, 120][i % 4]
+    d = [128, 64, 72, 120, 256, 200][i % 6]  # 256 / 200: the mma.sync family's d = 256 kernel
     dtype = BF16 if i % 2 == 0 else F16
     q, k, v = inputs(B=2 if max(nq, nk) < 2000 else 1, Hq=Hq, Hkv=Hkv, nq=nq, nk=nk, d=d, dtype=dtype,
                      layout=layout, seed=seed_of(request.node.name))
@@ -94,7 +94,7 @@ DISTS = {"normal": (0.03, 0.05), "outliers": (0.05, 0.05), "heavy": (0.2, 10.0),
 
 
 @pytest.mark.parametrize("dist", list(DISTS))
-@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("d", [64, 128, 256])
 @pytest.mark.parametrize("causal", [False, True])
 def test_distributions(gpu_kernels, report, request, dist, d, causal):
     q, k, v = inputs(dist, B=2, Hq=4, Hkv=2, nq=1000, nk=1000, d=d, seed=seed_of(request.node.name))

@@ -118,6 +118,18 @@ def test_short_keys_choose_sdpa_first_only_where_sdpa_may_run():
         assert choice.kind == "kernel" and choice.spec.family == "attn_short", kw
 
 
+@pytest.mark.parametrize("precision", ["fast", "accurate"])
+def test_head_dim_256_goes_to_cudnn_on_sm90a_where_sdpa_can_run_it(precision):
+    """cuDNN ran ~2x the mma.sync d=256 kernel at every length measured on the H100: the rule takes every length;
+    a call SDPA cannot compute (or with SDPA not allowed) keeps the kernel."""
+    for n, causal in ((1000, False), (16384, True), (1 << 20, False)):
+        k = key(d=256, nq=n, nk=n, causal=causal, precision=precision)
+        assert registry.choose(k, env="test-gpu", sm_count=132, sdpa_ok=True, allow_sdpa=True).kind == "sdpa"
+        for kw in (dict(sdpa_ok=False), dict(sdpa_ok=True, allow_sdpa=False)):
+            choice = registry.choose(k, env="test-gpu", sm_count=132, **kw)
+            assert choice.kind == "kernel" and (choice.spec.family, choice.spec.d) == ("attn_mma", 256), kw
+
+
 def test_only_sm90a_has_the_fp8_family():
     assert [a for a in ARCHES if _has_fp8_family(a)] == ["sm90a"]
 
