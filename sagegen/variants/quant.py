@@ -59,10 +59,11 @@ class QuantSpec(KernelSpec):
         latency-bound: left alone the compiler gave d=128 102-168 registers (1-2 CTAs per SM) and ncu showed 21% of
         DRAM bandwidth. Measured on the H100 (scripts/quant_bench.py, N=8k, e4m3w): d=128 with 3 CTAs 1418 -> 837
         us (80 registers, 12 bytes of spill; 32 after the 2026-11-26 rewrite, which measured faster), d=64 with 4
-        CTAs 469 -> 434 us. d=256 keeps the compiler's choice."""
+        CTAs 469 -> 434 us. d=256 with 2 CTAs (128 registers, 176 bytes of spill; the compiler chose 205, one CTA):
+        2154 -> 1722 us at 8k, 50 -> 62-66% of copy bandwidth (3 CTAs: 43%, 4: 34%)."""
         if self.op != "qkv":
             return 1
-        return {64: 4, 128: 3}.get(self.d, 1)
+        return {64: 4, 128: 3, 256: 2}.get(self.d, 1)
 
 
 def enumerate_variants(arch: str) -> list[QuantSpec]:
