@@ -68,6 +68,8 @@ def default_bound(q, k, v, bound: float, **kw) -> float:
 
 # --- odd lengths, layouts, alignments, GQA ---------------------------------------------------------------------
 LENGTHS = [(1, 1), (1, 4097), (17, 17), (17, 1000), (1000, 1000), (1000, 17), (4097, 4097), (4097, 1)]
+# head dim per LENGTHS entry, cycling (256 / 200: the mma.sync family's d = 256 kernel)
+ODD_LENGTH_DIMS = [128, 64, 72, 120, 256, 200]
 
 
 @pytest.mark.parametrize("nq,nk", LENGTHS)
@@ -76,7 +78,7 @@ def test_odd_lengths(gpu_kernels, report, request, nq, nk, causal, align):
     i = LENGTHS.index((nq, nk))
     layout = "NHD" if i % 2 else "HND"
     Hq, Hkv = [(4, 1), (4, 2), (2, 2)][i % 3]
-    d = [128, 64, 72, 120, 256, 200][i % 6]  # 256 / 200: the mma.sync family's d = 256 kernel
+    d = ODD_LENGTH_DIMS[i % len(ODD_LENGTH_DIMS)]
     dtype = BF16 if i % 2 == 0 else F16
     q, k, v = inputs(B=2 if max(nq, nk) < 2000 else 1, Hq=Hq, Hkv=Hkv, nq=nq, nk=nk, d=d, dtype=dtype,
                      layout=layout, seed=seed_of(request.node.name))

@@ -161,18 +161,21 @@ def test_odd_length_test_logic_on_hopper(emulated_hopper, fake_hopper, nq, nk, c
     report = _Report()
     TA.test_odd_lengths(None, report, _request(f"test_odd_lengths[{causal}-{align}-{nq}-{nk}]"), nq, nk, causal,
                         align)
-    # short keys run attn_short (FP16 P.V, one launch), on the same bounds
-    family = "attn_short_" if nk <= 128 and nq <= registry.SHORT_MAX_QUERIES else "attn_wgmma_"
+    # short keys run attn_short (FP16 P.V, one launch), on the same bounds; d > 128 (the cases that draw d = 200 /
+    # 256) the mma.sync family, the only one compiled for d = 256
+    d = TA.ODD_LENGTH_DIMS[TA.LENGTHS.index((nq, nk)) % len(TA.ODD_LENGTH_DIMS)]
+    family = "attn_mma_" if d > 128 else \
+        "attn_short_" if nk <= 128 and nq <= registry.SHORT_MAX_QUERIES else "attn_wgmma_"
     assert fake_hopper.attn() == [] and report.row["variant"].startswith(family)
 
 
 @pytest.mark.parametrize("dist", list(TA.DISTS))
-@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("d", [64, 128, 256])
 @pytest.mark.parametrize("causal", [False, True])
 def test_distribution_test_logic_on_hopper(emulated_hopper, dist, d, causal):
     report = _Report()
     TA.test_distributions(None, report, _request(f"test_distributions[{causal}-{d}-{dist}]"), dist, d, causal)
-    assert report.row["variant"].startswith("attn_wgmma_")
+    assert report.row["variant"].startswith("attn_mma_" if d > 128 else "attn_wgmma_")
 
 
 def test_quantization_test_logic(emulated_gpu, monkeypatch):
