@@ -9,8 +9,9 @@ value that differs by one (K's mean summed in another order), all orders of magn
 that rel-L1(kernel, exact) measures. The emulation is rounded to the output dtype before comparing, so the shared
 output rounding does not count. LSE (fp32): within 0.01 of the emulation's, 0.05 of exact attention's.
 
-Three cases per variant (fresh inputs per test from a per-test seed): N(0,1) with GQA and Nq != Nk; channel
-outliers in K and V, NHD, a padded head dim (d - 8) and top-left alignment; all-zero rows, blocks and a V channel.
+Four cases per variant (fresh inputs per test from a per-test seed): N(0,1) with GQA and Nq != Nk; channel
+outliers in K and V, NHD, a padded head dim (d - 8) and top-left alignment; all-zero rows, blocks and a V channel;
+17 keys for 40 queries (fewer key blocks than stages; causal variants leave 23 rows with no key).
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ CASES = {
     "normal-gqa": ("normal", 1, 4, 2, 300, 517, 0, "HND", torch.float16, "bottom_right", 0.03),
     "outliers-nhd-pad": ("outliers", 2, 2, 2, 200, 333, -8, "NHD", torch.bfloat16, "top_left", 0.05),
     "zeros": ("zeros", 1, 2, 1, 600, 600, 0, "HND", torch.bfloat16, "bottom_right", 0.03),
+    # fewer key blocks than stages (the 4-stage loop's partial first round) and 23 query rows that see no key
+    "few-keys": ("normal", 2, 2, 1, 40, 17, 0, "NHD", torch.bfloat16, "bottom_right", 0.05),
 }
 
 
