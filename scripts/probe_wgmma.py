@@ -8,10 +8,10 @@ kernel header's hooks; the generator never sets them) and times it kernel-only o
   NO_SOFTMAX  scores packed into P as they are (no max, exp, sum, mask: the softmax's issue slots freed)
   NO_MMA      no wgmma / mma.sync issued (the tensor pipe freed; the barriers, copies and softmax still run)
   NO_LOAD     the producer copies only the first s blocks; later blocks reuse them (no L2 -> shared traffic)
-  (NO_MAX, TRACE and SPLIT_LOOP exist in the wgmma kernel only; the mma.sync kernel has the other four and NO_EXP)
   TRACE       clock64 at 8 points of every overlapped iteration (head 0), printed as median phase lengths
               (the compiler moves instructions across the clock reads: phases are approximate)
   SPLIT_LOOP  the main loop in two halves (no mask branch before the first masked block) in every variant
+TRACE and SPLIT_LOOP exist in the wgmma kernel only; the mma.sync kernel (attn_mma specs) has the other five.
 Probes combine with '+', e.g. NO_LOAD+NO_SOFTMAX is the MMA issue rate with nothing else in the way. Outputs are
 garbage under every probe but 'none'; only the times mean something.
 

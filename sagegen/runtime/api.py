@@ -485,8 +485,7 @@ def attention(q, k, v, *, is_causal: bool = False, sm_scale: float | None = None
     dtype and one device; last dimension contiguous (other strides are free); Hq a multiple of Hkv (GQA/MQA: query
     head h reads kv head h // (Hq // Hkv)); d <= 256 and a multiple of 8 (d other than 64/128/256 is zero-padded
     inside; 128 < d <= 256 runs the mma.sync family in either precision: no FP8 kernel has it yet). Empty tensors
-    raise ValueError (torch SDPA would return
-    an empty result). Meta tensors return meta outputs (shape inference).
+    raise ValueError (torch SDPA would return an empty result). Meta tensors return meta outputs (shape inference).
 
     is_causal: mask keys in the future. ``causal_alignment``: "bottom_right" (default; the FlashAttention >= 2.1 and
     SageAttention convention: the last query sees every key) or "top_left" (torch SDPA's is_causal: query i sees

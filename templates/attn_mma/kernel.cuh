@@ -219,7 +219,7 @@ __device__ __forceinline__ void attn_fwd(const Params& p) {
 
   // Dequantize, mask and exponentiate block j's scores, rescale O when a row max moved, then O += P . V.
   auto softmax_pv_block = [&](int j, int stage, float (&s)[C::kMTiles][C::kNTiles][4]) {
-#ifdef SAGEGEN_PROBE_NO_SOFTMAX  // ablation probe (scripts/probe_wgmma.py --family attn_mma): scores into P as they are
+#ifdef SAGEGEN_PROBE_NO_SOFTMAX  // ablation probe (scripts/probe_wgmma.py, attn_mma specs): scores into P as is
     pv_block(stage, s, o);
     return;
 #endif

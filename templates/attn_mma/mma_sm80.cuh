@@ -16,7 +16,7 @@ struct MmaSm80 {
   // S(16x8, s32) += Q(16x32, s8) . K^T(32x8, s8)
   __device__ __forceinline__ static void qk(int32_t (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
     uint32_t* d = reinterpret_cast<uint32_t*>(c);
-#ifdef SAGEGEN_PROBE_NO_MMA  // ablation probe (scripts/probe_wgmma.py --family attn_mma): no tensor op, same deps
+#ifdef SAGEGEN_PROBE_NO_MMA  // ablation probe (scripts/probe_wgmma.py, attn_mma specs): no tensor op, same deps
     asm volatile("" : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]),
                  "r"(b0), "r"(b1));
     return;
