@@ -102,14 +102,15 @@ class GraphCatcher:
 
 @pytest.mark.parametrize("layout", ["HND", "NHD"])
 @pytest.mark.parametrize("causal", [False, True])
-def test_compile_fullgraph_two_ops(layout, causal):
+@pytest.mark.parametrize("d", [128, 200])  # 200: the d = 256 kernel
+def test_compile_fullgraph_two_ops(layout, causal, d):
     catcher = GraphCatcher()
 
     def f(q, k, v):
         o, lse = sagegen.attention(q, k, v, is_causal=causal, tensor_layout=layout, return_lse=True)
         return o.float() * 2, lse
 
-    q, k, v = make(layout, 2, 8, 2, 300, 517, 128, BF16, device="meta")
+    q, k, v = make(layout, 2, 8, 2, 300, 517, d, BF16, device="meta")
     o, lse = torch.compile(f, fullgraph=True, backend=catcher)(q, k, v)
     assert o.shape == q.shape and lse.shape == (2, 8, 300)
     assert catcher.sagegen_ops() == ["sagegen.quantize.default", "sagegen.attn_mma.default"]
