@@ -34,10 +34,10 @@ Heuristic (``heuristic``), used whenever nothing was measured for the key:
   * torch SDPA (cuDNN) where it was measured faster than every sagegen kernel and computes the same thing
     (``SDPA_FASTER``: (arch, precision) -> (d, causal, largest key-length bucket); H100, B*H = 128,
     BENCHMARKS.md 2026-11-26, after the quantization pass reached ~80% of copy bandwidth: "fast" ties or loses up
-    to 2k keys at d=128 (4k causal) and 4k at d=64 (8k causal); "accurate" up to 4k (8k at d=64 causal)), unless
-    SDPA is not allowed
-    (SAGEGEN_FORCE_KERNEL=1, ``sdpa_fallback=False``) or cannot compute the call (GQA, LSE, another output dtype,
-    causal with Nq != Nk).
+    to 2k keys at d=128 (4k causal) and 4k at d=64 (8k causal); "accurate" up to 4k (8k at d=64 causal); both
+    at every length for d=256, where only the mma.sync family runs and cuDNN measured ~2x it), unless SDPA is not
+    allowed (SAGEGEN_FORCE_KERNEL=1, ``sdpa_fallback=False``) or cannot compute the call (GQA, LSE, another output
+    dtype, causal with Nq != Nk).
     The result is then exact attention: never slower than cuDNN where it was measured, and more accurate.
 
 Autotuner (``autotune``, or ``SAGEGEN_AUTOTUNE=1`` which makes ``attention()`` tune each new key once): times
