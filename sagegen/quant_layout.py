@@ -13,10 +13,13 @@ Rows past N and channels past d are zero. int8 rounding is round-half-to-even, c
 
 Operand images: the same values, stored in the swizzled shared-memory layout Hopper's wgmma reads, so that an
 attention kernel can copy whole tiles with 1-D bulk copies (cp.async.bulk). Scales are unchanged.
-  Q/K int8 image  [B, H, N_pad, D]            D = 64 or 128 only (qk_image). Row r's 16-byte chunk c (channels
-                                              16c..16c+15) is stored at chunk c ^ ((r * D >> 7) & (D / 16 - 1)):
-                                              the 128-byte swizzle (c ^ r % 8) for D = 128, the 64-byte one
-                                              (c ^ (r >> 1) % 4) for D = 64; bytes inside a chunk keep their order.
+  Q/K int8 image  [B, H, N_pad, D]            D = 64, 128 or 256 (qk_image_offset). D = 64: row r's 16-byte chunk c
+                                              (channels 16c..16c+15) is stored at chunk c ^ (r >> 1) % 4 of the
+                                              row (the 64-byte swizzle). D >= 128: 128-byte swizzle atoms of 8 rows
+                                              x 128 channels (1024 bytes, chunk c of row r at c ^ r % 8); the
+                                              D / 128 atoms of an 8-row group lie side by side, so D = 128 is row
+                                              r at byte 128 r and D = 256's two channel halves are 1024 bytes
+                                              apart. Bytes inside a chunk keep their order.
   V e4m3 image    [B, H, N_pad/128, D, 128]   v mode e4m3w: for 128-key block j, channel row c holds the block's
                                               keys for channel c. Key k sits at byte v_key_position(k) (which puts
                                               the keys of the FP8 P fragment a thread takes from the wgmma
@@ -107,13 +110,19 @@ def k_groups(granularity: str, block_n: int) -> ScaleGroups:
 
 
 # --- operand images (see the module docstring); torch is imported lazily: the variant code needs none ---------
-QK_IMAGE_DIMS = (64, 128)  # the 64- and 128-byte swizzles; a 256-byte row has no wgmma swizzle
+QK_IMAGE_DIMS = (64, 128, 256)
 V_IMAGE_KEYS = N_ALIGN  # keys per block of the V image
 
 
-def qk_image_chunk(row, chunk, D: int):
-    """Stored chunk position of logical 16-byte chunk ``chunk`` of ``row`` in the Q/K image (ints or tensors)."""
-    return chunk ^ ((row * D >> 7) & (D // 16 - 1))
+def qk_image_offset(row, col, D: int):
+    """Byte offset of element (row, col) of a plain Q/K buffer [N_pad, D] in its image (ints or tensors).
+
+    wgmma reads a K-major 8-bit operand as 8-row groups of 128-byte (or, D = 64, 64-byte) swizzled rows; a k-step
+    of 32 channels never leaves one atom, so D = 256 keeps its two 128-channel halves in separate atoms."""
+    chunk, byte = col >> 4, col & 15
+    if D == 64:
+        return row * 64 + ((chunk ^ ((row >> 1) & 3)) << 4 | byte)
+    return (row >> 3) * (8 * D) + (col >> 7) * 1024 + (row & 7) * 128 + (((chunk & 7) ^ (row & 7)) << 4 | byte)
 
 
 def v_key_position(k):
@@ -133,28 +142,35 @@ def _bytes(x):
     return x.view(torch.uint8) if x.is_floating_point() and x.element_size() == 1 else x
 
 
-def _qk_permute(x):
-    """Gather that maps plain <-> image: XOR with the row's swizzle is its own inverse."""
+def _qk_offsets(N: int, D: int, device):
+    """[N * D]: the image offset of every plain element, row-major."""
     import torch
 
-    N, D = x.shape[-2:]
     if D not in QK_IMAGE_DIMS:
         raise ValueError(f"the Q/K image needs a head dim in {QK_IMAGE_DIMS}, got last dim {D}")
-    r = torch.arange(N, device=x.device)[:, None]
-    col = torch.arange(D, device=x.device)
-    src = qk_image_chunk(r, col >> 4, D) << 4 | (col & 15)  # [N, D]
-    b = _bytes(x)
-    return torch.gather(b, -1, src.expand(b.shape)).view(x.dtype)
+    if N % 8:
+        raise ValueError(f"the Q/K image needs whole 8-row groups, got {N} rows")
+    r = torch.arange(N, device=device)[:, None]
+    col = torch.arange(D, device=device)
+    return qk_image_offset(r, col, D).flatten()
 
 
 def qk_to_image(x8):
     """Plain Q/K buffer [..., N_pad, D] -> its image (same shape)."""
-    return _qk_permute(x8)
+    N, D = x8.shape[-2:]
+    b = _bytes(x8).flatten(-2)
+    dst = _qk_offsets(N, D, x8.device).expand(b.shape)
+    return b.new_empty(b.shape).scatter_(-1, dst, b).view(x8.dtype).unflatten(-1, (N, D))
 
 
 def qk_from_image(img):
     """Q/K image [..., N_pad, D] -> the plain buffer."""
-    return _qk_permute(img)
+    import torch
+
+    N, D = img.shape[-2:]
+    b = _bytes(img).flatten(-2)
+    src = _qk_offsets(N, D, img.device).expand(b.shape)
+    return torch.gather(b, -1, src).view(img.dtype).unflatten(-1, (N, D))
 
 
 def _v_dest(D: int, device):

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from sagegen.quant_layout import (HEAD_DIMS, N_ALIGN, ScaleGroups, k_groups, padded_dim, padded_len, q_groups,
-                                  qk_from_image, qk_image_chunk, qk_to_image, v_f16_from_image,
+                                  qk_from_image, qk_image_offset, qk_to_image, v_f16_from_image,
                                   v_f16_to_image, v_from_image, v_key_position, v_to_image)
 
 
@@ -62,7 +62,7 @@ def test_v_key_position_permutes_a_block_and_takes_tensors():
 @pytest.mark.parametrize("D, row, chunk, stored", [(128, 3, 1, 2), (128, 0, 5, 5), (128, 9, 0, 1), (128, 15, 7, 0),
                                                     (64, 3, 1, 0), (64, 2, 0, 1), (64, 7, 2, 1), (64, 9, 3, 3)])
 def test_qk_image_moves_chunk_c_of_row_r_to_the_swizzled_position(D, row, chunk, stored):
-    assert qk_image_chunk(row, chunk, D) == stored
+    assert qk_image_offset(row, 16 * chunk + 5, D) == row * D + 16 * stored + 5
     x = torch.zeros(2, 16, D, dtype=torch.int8)
     x[1, row, 16 * chunk:16 * chunk + 16] = torch.arange(1, 17, dtype=torch.int8)  # bytes keep their order
     img = qk_to_image(x)
@@ -70,20 +70,34 @@ def test_qk_image_moves_chunk_c_of_row_r_to_the_swizzled_position(D, row, chunk,
     assert int(img.count_nonzero()) == 16
 
 
-@pytest.mark.parametrize("D", [64, 128])
-def test_qk_image_round_trips_and_permutes_within_rows(D):
+@pytest.mark.parametrize("row, col, offset", [
+    (0, 0, 0), (0, 127, 127), (0, 128, 1024),  # row 0, second channel half: the next 1024-byte atom
+    (1, 0, 128 + 16), (1, 16, 128), (3, 130, 1024 + 3 * 128 + 3 * 16 + 2),
+    (8, 0, 2048), (9, 255, 2048 + 1024 + 128 + 6 * 16 + 15),  # the next 8-row group: 8 rows x 256 bytes on
+])
+def test_qk_image_at_d256_keeps_each_channel_half_in_its_own_swizzle_atom(row, col, offset):
+    assert qk_image_offset(row, col, 256) == offset
+    x = torch.zeros(16, 256, dtype=torch.int8)
+    x[row, col] = 7
+    assert int(qk_to_image(x).flatten().nonzero()) == offset
+
+
+@pytest.mark.parametrize("D", [64, 128, 256])
+def test_qk_image_round_trips_and_is_a_permutation(D):
     x = torch.randint(-127, 128, (2, 3, 256, D), dtype=torch.int8, generator=torch.Generator().manual_seed(D))
     img = qk_to_image(x)
     assert img.shape == x.shape and img.dtype == x.dtype and not torch.equal(img, x)
-    assert torch.equal(img.sort(dim=-1).values, x.sort(dim=-1).values)
+    assert torch.equal(img.flatten(-2).sort(dim=-1).values, x.flatten(-2).sort(dim=-1).values)
     assert torch.equal(qk_from_image(img), x)
-    assert torch.equal(img[..., 0, :], x[..., 0, :])  # row 0 is never swizzled
+    assert torch.equal(img[..., 0, :16], x[..., 0, :16])  # row 0's first chunk is never swizzled
+    offsets = qk_image_offset(torch.arange(256)[:, None], torch.arange(D), D)
+    assert torch.equal(offsets.flatten().sort().values, torch.arange(256 * D))
 
 
-@pytest.mark.parametrize("D", [96, 256])
-def test_qk_image_exists_only_for_head_dims_64_and_128(D):
-    with pytest.raises(ValueError, match="head dim"):
-        qk_to_image(torch.zeros(128, D, dtype=torch.int8))
+@pytest.mark.parametrize("shape, match", [((128, 96), "head dim"), ((128, 32), "head dim"), ((12, 128), "8-row")])
+def test_qk_image_needs_a_wgmma_head_dim_and_whole_row_groups(shape, match):
+    with pytest.raises(ValueError, match=match):
+        qk_to_image(torch.zeros(*shape, dtype=torch.int8))
 
 
 def test_v_image_places_key_k_of_channel_c_by_position_then_chunk_swizzle():

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..quant_layout import N_ALIGN, QK_IMAGE_DIMS, V_SLAB, ScaleGroups, padded_dim, padded_len
+from ..quant_layout import N_ALIGN, V_SLAB, ScaleGroups, padded_dim, padded_len
 from ..variants.quant import QuantSpec
 from . import launch as L
 from .device import device_arch, stream_handle
@@ -64,8 +64,7 @@ def _vector_ready(x: torch.Tensor) -> torch.Tensor:
 def quantize(q, k, v, *, layout: str, q_groups: ScaleGroups, k_groups: ScaleGroups, v_mode: str,
              with_qk_bias: bool = False, qk_image: bool = False) -> Quantized:
     """Run both passes. ``v_mode``: none (attention reads the input V), f16, e4m3t, e4m3w or f16w (e4m3 or fp16
-    in the wgmma operand image). ``qk_image``: write Q and K in their operand image (padded head dim 64 or 128); see
-    sagegen.quant_layout."""
+    in the wgmma operand image). ``qk_image``: write Q and K in their operand image; see sagegen.quant_layout."""
     q, k, v = _vector_ready(q), _vector_ready(k), _vector_ready(v)
     hd = 1 if layout == "HND" else 2
     nd = 2 if layout == "HND" else 1
@@ -119,8 +118,6 @@ class QuantPlan:
     def __init__(self, arch: str, x: str, B: int, Hq: int, Hkv: int, nq: int, nk: int, d: int,
                  q_groups: ScaleGroups, k_groups: ScaleGroups, v_mode: str, with_qk_bias: bool, qk_image: bool):
         D = padded_dim(d)
-        if qk_image and D not in QK_IMAGE_DIMS:
-            raise ValueError(f"qk_image needs d <= 128 (no operand image for padded head dim {D}), got d={d}")
         nq_pad, nk_pad = padded_len(nq), padded_len(nk)
         rows_per_split = max(N_ALIGN, -(-nk // _STATS_SPLITS))
         fp8_v = v_mode == "e4m3t" or v_mode == "e4m3w"

@@ -11,10 +11,13 @@ from dataclasses import dataclass
 
 from ..arch import TMA, WGMMA
 from ..errors import InvalidVariant
-from ..quant_layout import GRANULARITIES, N_ALIGN, k_groups, q_groups
+from ..quant_layout import GRANULARITIES, N_ALIGN, QK_IMAGE_DIMS, k_groups, q_groups
 from .spec import KernelSpec, build_valid, flag, prefix, word
 
 OUT_TYPES = {"f16": "__half", "bf16": "__nv_bfloat16"}
+# d = 256 fits the register budget with FP16 P.V one block at a time only (O alone is 128 registers per thread; see
+# reg_estimate), and two stages of 128 keys (96 KB each) fill the shared memory.
+HEAD_DIMS = QK_IMAGE_DIMS
 WARPGROUP_ROWS = 64  # rows of one m64nNk32 wgmma: what one consumer warpgroup owns
 # (m, n, s): CTA rows, keys per step, stages. n is the V image's key block (128); m = 128 is two consumer
 # warpgroups, m = 192 three (only where the register estimate fits 160 per thread: d=64 with FP16 P.V, or one block
@@ -97,8 +100,8 @@ class AttnWgmmaSpec(KernelSpec):
             raise InvalidVariant(f"pv must be one of {sorted(PV_FORMATS)}, got {self.pv!r}")
         if self.o not in OUT_TYPES:
             raise InvalidVariant(f"o must be one of {sorted(OUT_TYPES)}, got {self.o!r}")
-        if self.d not in (64, 128):
-            raise InvalidVariant(f"d must be 64 or 128, got {self.d}")
+        if self.d not in HEAD_DIMS:
+            raise InvalidVariant(f"d must be one of {HEAD_DIMS}, got {self.d}")
         if self.m not in (2 * WARPGROUP_ROWS, 3 * WARPGROUP_ROWS):
             raise InvalidVariant(f"m must be 128 or 192 (two or three consumer warpgroups), got {self.m}")
         if self.qg == "block" and N_ALIGN % self.m:
@@ -155,7 +158,7 @@ class AttnWgmmaSpec(KernelSpec):
 def enumerate_variants(arch: str) -> list[AttnWgmmaSpec]:
     out = []
     for pv in PV_FORMATS:
-        for d in (64, 128):
+        for d in HEAD_DIMS:
             for m, n, s in TILES:
                 for overlap, pingpong, rowsum in SCHEDULES:
                     for qg, kg in GRANULARITY_PAIRS:

@@ -55,6 +55,11 @@ struct Config {
   static constexpr bool kSplitMaskLoop = true;
 #endif
   static constexpr int kQTile = QTile, kQSub = QSub, kKTile = KTile, kKSub = KSub;
+  // The Q/K image (quant_layout.qk_image_offset): 8-row groups of 8 * D bytes, made of 64-byte (D = 64) or 128-byte
+  // swizzled rows; D = 256 puts its two 128-channel halves in side-by-side 1024-byte atoms. A k-step (32 channels)
+  // never leaves one atom, so its descriptor is the tile's plus this byte offset.
+  static constexpr int kQkRowBytes = D == 64 ? 64 : 128;
+  static constexpr int qk_step_bytes(int kk) { return (kk * 32) / kQkRowBytes * 1024 + (kk * 32) % kQkRowBytes; }
   static constexpr int kTileQ = kBlockM * D, kTileK = BlockN * D, kTileV = D * BlockN * kVBytes;  // bytes
   static constexpr int kStageV = kTileV + kOnesRows * BlockN;  // V^T (+ the ones rows) per stage
   static constexpr int kSmemBytes = 1024 /* alignment slack */ + kTileQ + Stages * (kTileK + kStageV) +
@@ -68,7 +73,8 @@ struct Config {
   using Out = OutT;
   using MmaOps = Mma;
   static_assert(BlockN == 128, "the V image is blocked by 128 keys");
-  static_assert(D == 64 || D == 128, "head dim");
+  static_assert(D == 64 || D == 128 || D == 256, "head dim");
+  static_assert(D != 256 || PvF16, "d=256: O and the FP8 two-level P.V tile need 256+ registers per thread");
   static_assert(QTile % 16 == 0, "a thread's two rows (g, g + 8) must share one Q scale group");
   static_assert(KTile == BlockN, "K scales are per key block (or per thread within it)");
   static_assert(!PingPong || (Consumers >= 2 && Overlap), "ping-pong rotates overlapping warpgroups");
@@ -88,8 +94,8 @@ struct Params {
 };
 
 // Integer scores become floats without a conversion instruction: the s32 accumulator starts at the bit pattern
-// of 1.5 * 2^23, so after the MMAs each register, read as a float, is exactly 1.5 * 2^23 + s (|s| <= 128 * 127^2
-// < 2^22 for d <= 128); online_softmax folds the bias, the dequantization scale and the max subtraction into one
+// of 1.5 * 2^23, so after the MMAs each register, read as a float, is exactly 1.5 * 2^23 + s (|s| <= 256 * 127^2
+// < 2^22 for d <= 256); online_softmax folds the bias, the dequantization scale and the max subtraction into one
 // FFMA per score. Measured (NVIDIA H200, d=128, N=8k, overlapped kernel): 825 TOPS against 720 with I2F, which
 // issues on the exp unit's pipe. Cost: the folded constant -1.5 * 2^23 * scale is rounded to fp32, which moves
 // every score of a thread's row by the same amount, at most 0.375 of one integer unit of the score (half an ulp
@@ -174,8 +180,8 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
   // Shared-memory descriptors, built once: a tile of stage s and a k-step are byte offsets from these, and the
   // descriptor's start-address field is the address / 16 in its low bits (shared memory < 256 KB never carries
   // out of it), so each MMA's descriptor is one integer add instead of a rebuild per k-step.
-  const uint64_t q_desc = wg::kmajor_desc<C::kD>(sm90::smem_u32(sm.q + cw * 64 * C::kD));
-  const uint64_t k_desc0 = wg::kmajor_desc<C::kD>(sm90::smem_u32(sm.k));
+  const uint64_t q_desc = wg::kmajor_desc<C::kQkRowBytes, 8 * C::kD>(sm90::smem_u32(sm.q + cw * 64 * C::kD));
+  const uint64_t k_desc0 = wg::kmajor_desc<C::kQkRowBytes, 8 * C::kD>(sm90::smem_u32(sm.k));
   const uint64_t v_desc0 = C::kPvF16 ? wg::mnmajor_desc<C::kBlockN * 128>(sm90::smem_u32(sm.v))
                                      : wg::kmajor_desc<128>(sm90::smem_u32(sm.v));
   auto desc_plus = [](uint64_t desc, int bytes) { return desc + uint64_t(bytes >> 4); };
@@ -218,7 +224,7 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
 #ifndef SAGEGEN_PROBE_NO_MMA  // ablation probe: no MMA issued; the pipeline and the softmax run on constants
 #pragma unroll
     for (int kk = 0; kk < C::kD / 32; ++kk)
-      Mma::template qk<C::kBlockN>(desc_plus(q_desc, kk * 32), desc_plus(k_desc, kk * 32),
+      Mma::template qk<C::kBlockN>(desc_plus(q_desc, C::qk_step_bytes(kk)), desc_plus(k_desc, C::qk_step_bytes(kk)),
                                    s_acc, true);
 #endif
     Mma::commit();

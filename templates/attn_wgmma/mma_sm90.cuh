@@ -16,15 +16,17 @@ using cuda::std::uint32_t;
 using cuda::std::uint64_t;
 
 // Descriptor of a K-major operand tile in the image the quantization pass writes (sagegen/quant_layout.py):
-// rows of W bytes (64 or 128), 16-byte chunks swizzled across 8-row groups that lie 8*W bytes apart. The tile
-// starts on a 1024-byte boundary because the hardware swizzles address bits; a k-step adds its byte offset.
-template <int W>
+// rows of W bytes (64 or 128), 16-byte chunks swizzled across 8-row groups that lie GroupBytes apart (8 * W, or
+// more where an 8-row group holds several swizzle atoms side by side). The tile starts on a 1024-byte boundary
+// because the hardware swizzles address bits; a k-step adds its byte offset.
+template <int W, int GroupBytes = 8 * W>
 __device__ __forceinline__ uint64_t kmajor_desc(uint32_t smem_addr) {
   static_assert(W == 64 || W == 128, "the image uses the 64- or 128-byte swizzle");
+  static_assert(GroupBytes % (8 * W) == 0 && (GroupBytes >> 4) < (1 << 14), "8-row groups of whole atoms");
   cute::GmmaDescriptor d;
   d.bitfield.start_address_ = uint16_t(smem_addr >> 4);
   d.bitfield.leading_byte_offset_ = 1;  // unused by swizzled K-major layouts
-  d.bitfield.stride_byte_offset_ = uint16_t((8 * W) >> 4);
+  d.bitfield.stride_byte_offset_ = uint16_t(GroupBytes >> 4);
   d.bitfield.base_offset_ = 0;
   d.bitfield.layout_type_ = uint8_t(W == 128 ? G::LayoutType::B128 : G::LayoutType::B64);
   return d.desc_;
@@ -54,6 +56,7 @@ template <> struct PvE4m3<128> { using Op = G::MMA_64x128x32_F32E4M3E4M3_RS_TN<>
 template <int N> struct PvF16;  // O (f32) += P (f16, registers) . V (f16, smem, MN-major): m64 nN k16
 template <> struct PvF16<64> { using Op = G::MMA_64x64x16_F32F16F16_RS<G::Major::K, G::Major::MN>; };
 template <> struct PvF16<128> { using Op = G::MMA_64x128x16_F32F16F16_RS<G::Major::K, G::Major::MN>; };
+template <> struct PvF16<256> { using Op = G::MMA_64x256x16_F32F16F16_RS<G::Major::K, G::Major::MN>; };
 #ifdef SAGEGEN_WGMMA_EXTENDED_N
 // Head dim + 8: V^T with 8 rows of ones appended, so the MMA also sums P (the softmax denominator).
 template <> struct PvE4m3<72> { using Op = G::MMA_64x72x32_F32E4M3E4M3_RS_TN<>; };

@@ -74,7 +74,7 @@ struct QkvArgs {
   int q_tile, q_sub, k_tile, k_sub;  // ScaleGroups of Q and K
   int splits;                        // of the stats pass; 0: no stats pass, the keys fit one chunk (nk <= 128)
                                      // and its CTA takes K's mean / V's amax from its own rows (local_stats)
-  int qk_image;                      // Q/K in the wgmma operand image (D 64 or 128; quant_layout.qk_to_image)
+  int qk_image;                      // Q/K in the wgmma operand image (quant_layout.qk_to_image)
   const float* ksum;                 // [B, Hkv, splits, D]
   const float* vamax;                // [B, Hkv, splits, D] (FP8 V only)
   int8_t* q8; float* q_scale;        // [B, Hq, n_pad, D], [B, Hq, n_pad/q_tile*q_sub]
@@ -148,12 +148,14 @@ __device__ __forceinline__ void k_mean_to_smem(const QkvArgs& a, int b, int hk, 
     mean[c] = combine_splits<D>(p + c, a.splits, 0.f, [](float x, float y) { return x + y; }) * inv_n;
 }
 
-// Column of channel ch (a multiple of 8) of Q/K row `row` in the operand image: 16-byte chunk c is stored at
-// c ^ swizzle(row), the 128-byte (D = 128) or 64-byte (D = 64) swizzle wgmma reads, so that an attention kernel
-// can bulk-copy whole tiles into shared memory. D = 256 has no such swizzle (the runtime refuses it).
-template <int D> __device__ __forceinline__ int qk_image_col(int row, int ch) {
-  static_assert(D <= 128, "no operand image for D > 128");
-  return (((ch >> 4) ^ ((row * D >> 7) & (D / 16 - 1))) << 4) | (ch & 15);
+// Byte offset of channel ch (a multiple of 8) of Q/K row `row` (row mod 128) in a 128-row chunk of the operand
+// image (quant_layout.qk_image_offset): the 64-byte swizzle for D = 64; for D >= 128, 8-row x 128-byte swizzle atoms
+// (chunk c of row r at c ^ r % 8), the D / 128 atoms of an 8-row group side by side (D = 128: row r at 128 r).
+template <int D> __device__ __forceinline__ int qk_image_offset(int row, int ch) {
+  static_assert(D == 64 || D == 128 || D == 256, "operand images exist for D = 64, 128, 256");
+  const int chunk = ch >> 4, byte = ch & 15;
+  if constexpr (D == 64) return row * 64 + (((chunk ^ ((row >> 1) & 3)) << 4) | byte);
+  return (row >> 3) * (8 * D) + (ch >> 7) * 1024 + (row & 7) * 128 + ((((chunk & 7) ^ (row & 7)) << 4) | byte);
 }
 
 // One 128-row chunk of Q (smooth = false) or K (smooth = true) -> int8 + per-group scales.
@@ -220,11 +222,9 @@ __device__ void quantize_int8_chunk(const QkvArgs& a, const Tensor4& x, int H, i
       f[i] = live ? (is_k ? f[i] - mean[i] : f[i]) * inv : 0.f;  // |f| <= 127 (amax is over these same values)
     }
     uint2 packed = make_uint2(int8x4_rn(f[0], f[1], f[2], f[3]), int8x4_rn(f[4], f[5], f[6], f[7]));
-    int col = ch;
-    if constexpr (D <= 128) {
-      if (a.qk_image) col = qk_image_col<D>(lrow, ch);  // lrow = row mod 128; the swizzle has period 8
-    }
-    *reinterpret_cast<uint2*>(out + (row_base + lrow) * D + col) = packed;
+    // lrow = row mod 128: a chunk is whole 8-row groups, so its image is the plain chunk's bytes permuted
+    const int offset = a.qk_image ? qk_image_offset<D>(lrow, ch) : lrow * D + ch;
+    *reinterpret_cast<uint2*>(out + row_base * D + offset) = packed;
   }
   const long long scale_base = (long long)bh * (n_pad / tile * sub) + chunk * groups;
   for (int g = threadIdx.x; g < groups; g += kThreads) scale[scale_base + g] = group_amax[g] / 127.f;

@@ -55,16 +55,17 @@ def test_default_precision_on_sm90a_runs_the_wgmma_family(fake_hopper, layout, n
 
 @pytest.mark.parametrize("precision", ["fast", "accurate"])
 @pytest.mark.parametrize("d", [136, 256])
-def test_head_dims_above_128_run_the_mma_family_on_sm90a(fake_hopper, precision, d):
-    """No wgmma variant has d = 256: either precision runs the mma.sync family's d = 256 kernel (FP16 P.V, the more
-    accurate one), after the quantization pass for its padded head dim."""
+def test_head_dims_above_128_run_the_wgmma_fp16_kernel_on_sm90a(fake_hopper, precision, d):
+    """d = 256 has only FP16 P.V wgmma variants (FP8's two-level P.V tile does not fit the registers): either
+    precision runs one, after the quantization pass writes Q and K in their d = 256 image and V in its fp16 image."""
     q, k, v = inputs(nq=300, nk=300, d=d)
-    o = sagegen.attention(q, k, v, precision=precision)
+    o = sagegen.attention(q, k, v, precision=precision, sdpa_fallback=False)
     assert o.shape == q.shape
-    (stats, *_), (qkv, *_) = fake_hopper[0], qkv_launch(fake_hopper)
-    assert qkv.d == 256
+    (stats, *_), (qkv, _, _, _, qargs) = fake_hopper[0], qkv_launch(fake_hopper)
+    assert (qkv.d, qkv.v, stats.v) == (256, "f16w", "none") and qargs[24] == 1  # qk_image
     spec = fake_hopper.attn()[0][0]
-    assert isinstance(spec, AttnMmaSpec) and (spec.d, spec.acc) == (256, "f32")
+    assert isinstance(spec, AttnWgmmaSpec) and (spec.d, spec.pv, spec.m, spec.s, spec.overlap) == \
+        (256, "f16", 128, 2, False)
 
 
 def _kernel_params(spec) -> list[tuple[str, str]]:

@@ -68,7 +68,7 @@ def default_bound(q, k, v, bound: float, **kw) -> float:
 
 # --- odd lengths, layouts, alignments, GQA ---------------------------------------------------------------------
 LENGTHS = [(1, 1), (1, 4097), (17, 17), (17, 1000), (1000, 1000), (1000, 17), (4097, 4097), (4097, 1)]
-# head dim per LENGTHS entry, cycling (256 / 200: the mma.sync family's d = 256 kernel)
+# head dim per LENGTHS entry, cycling (256 / 200: a d = 256 kernel; on sm90a the wgmma FP16 P.V one)
 ODD_LENGTH_DIMS = [128, 64, 72, 120, 256, 200]
 
 
@@ -125,24 +125,25 @@ def test_accuracy_at_8k(gpu_kernels, report, request):
 # --- outputs written exactly where they should be -----------------------------------------------------------------
 @pytest.mark.parametrize("n", [1, 17, 1000])
 @pytest.mark.parametrize("layout", ["HND", "NHD"])
-def test_poisoned_output_every_element_written_and_no_more(gpu_kernels, n, layout):
+@pytest.mark.parametrize("d", [120, 248])
+def test_poisoned_output_every_element_written_and_no_more(gpu_kernels, n, layout, d):
     """``out`` is a view into a NaN-filled buffer with extra tokens and channels: every element of the view gets
-    written, nothing around it does (tails masked, no out-of-bounds stores)."""
-    q, k, v = inputs(B=2, Hq=4, Hkv=2, nq=n, nk=n + 5, d=120, layout=layout, seed=n)
+    written, nothing around it does (tails masked, no out-of-bounds stores; d = 248 runs a d = 256 kernel)."""
+    q, k, v = inputs(B=2, Hq=4, Hkv=2, nq=n, nk=n + 5, d=d, layout=layout, seed=n)
     spec = api.describe(q, k, v, is_causal=True, tensor_layout=layout, sdpa_fallback=False).spec
-    big = (2, 4, n + 7, 128) if layout == "HND" else (2, n + 7, 4, 128)
+    big = (2, 4, n + 7, d + 8) if layout == "HND" else (2, n + 7, 4, d + 8)
     buf = torch.full(big, float("nan"), device="cuda", dtype=BF16)
-    out = buf[:, :, :n, :120] if layout == "HND" else buf[:, :n, :, :120]
+    out = buf[:, :, :n, :d] if layout == "HND" else buf[:, :n, :, :d]
     forward = {"attn_wgmma": W.forward, "attn_mma": A.forward, "attn_short": S.forward}[spec.family]
-    o, lse = forward(q, k, v, spec, layout=layout, sm_scale=120 ** -0.5, causal_offset=5, return_lse=True, out=out)
+    o, lse = forward(q, k, v, spec, layout=layout, sm_scale=d ** -0.5, causal_offset=5, return_lse=True, out=out)
     torch.cuda.synchronize()
     assert o.data_ptr() == out.data_ptr()
     assert torch.isfinite(out).all() and torch.isfinite(lse).all()
     rest = torch.ones(big, dtype=torch.bool, device="cuda")
     if layout == "HND":
-        rest[:, :, :n, :120] = False
+        rest[:, :, :n, :d] = False
     else:
-        rest[:, :n, :, :120] = False
+        rest[:, :n, :, :d] = False
     assert torch.isnan(buf[rest]).all()
 
 

@@ -161,11 +161,11 @@ def test_odd_length_test_logic_on_hopper(emulated_hopper, fake_hopper, nq, nk, c
     report = _Report()
     TA.test_odd_lengths(None, report, _request(f"test_odd_lengths[{causal}-{align}-{nq}-{nk}]"), nq, nk, causal,
                         align)
-    # short keys run attn_short (FP16 P.V, one launch), on the same bounds; d > 128 (the cases that draw d = 200 /
-    # 256) the mma.sync family, the only one compiled for d = 256
+    # short keys run attn_short (FP16 P.V, one launch, d <= 128), on the same bounds; the rest the wgmma family
+    # (d > 128, drawn as 200 / 256: its FP16 P.V d = 256 kernel)
     d = TA.ODD_LENGTH_DIMS[TA.LENGTHS.index((nq, nk)) % len(TA.ODD_LENGTH_DIMS)]
-    family = "attn_mma_" if d > 128 else \
-        "attn_short_" if nk <= 128 and nq <= registry.SHORT_MAX_QUERIES else "attn_wgmma_"
+    short = nk <= 128 and nq <= registry.SHORT_MAX_QUERIES and d <= 128
+    family = "attn_short_" if short else "attn_wgmma_"
     assert fake_hopper.attn() == [] and report.row["variant"].startswith(family)
 
 
@@ -175,7 +175,8 @@ def test_odd_length_test_logic_on_hopper(emulated_hopper, fake_hopper, nq, nk, c
 def test_distribution_test_logic_on_hopper(emulated_hopper, dist, d, causal):
     report = _Report()
     TA.test_distributions(None, report, _request(f"test_distributions[{causal}-{d}-{dist}]"), dist, d, causal)
-    assert report.row["variant"].startswith("attn_mma_" if d > 128 else "attn_wgmma_")
+    assert report.row["variant"].startswith("attn_wgmma_")
+    assert ("_pv_f16_" in report.row["variant"]) == (d > 128)  # d = 256 has no FP8 P.V kernel
 
 
 def test_quantization_test_logic(emulated_gpu, monkeypatch):

@@ -84,10 +84,11 @@ def test_one_chunk_of_keys_takes_its_statistics_locally(recorded, v_mode):
 
 
 @pytest.mark.parametrize("d", [129, 256])
-def test_qk_image_rejects_head_dims_above_128(recorded, d):
-    with pytest.raises(ValueError, match="qk_image"):
-        quant.quantize(*_qkv(n=128, d=d), layout="HND", q_groups=QG, k_groups=KG, v_mode="e4m3w", qk_image=True)
-    assert not recorded
+def test_qk_image_above_128_runs_the_d256_pass_with_the_image_flag(recorded, d):
+    z = quant.quantize(*_qkv(n=300, d=d), layout="HND", q_groups=QG, k_groups=KG, v_mode="f16w", qk_image=True)
+    (stats, _, _), (qkv, _, args) = recorded
+    assert (stats.d, qkv.d, qkv.v) == (256, 256, "f16w") and int(args[24]) == 1
+    assert z.q8.shape == z.k8.shape == (2, 3, 384, 256) and z.v.shape == (2, 3, 3, 4, 128, 64)
 
 
 def test_inputs_not_vector_ready_are_copied_to_aligned_rows(recorded):
@@ -118,7 +119,7 @@ def quant_kernels(gpu_arch, session_cache_dir):
 @pytest.mark.gpu
 @pytest.mark.parametrize("layout", ["HND", "NHD"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("d", [64, 128, 72])
+@pytest.mark.parametrize("d", [64, 128, 72, 256, 200])
 def test_operand_images_equal_the_rearranged_plain_buffers(quant_kernels, layout, dtype, d):
     from .gpu_util import inputs
 
@@ -137,7 +138,7 @@ def test_operand_images_equal_the_rearranged_plain_buffers(quant_kernels, layout
 @pytest.mark.gpu
 @pytest.mark.parametrize("layout", ["HND", "NHD"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("d", [64, 128, 72])
+@pytest.mark.parametrize("d", [64, 128, 72, 256, 200])
 def test_fp16_v_image_equals_the_rearranged_fp16_copy(quant_kernels, layout, dtype, d):
     from .gpu_util import inputs
 
@@ -173,5 +174,5 @@ def test_operand_image_test_logic(monkeypatch):
     monkeypatch.setattr(G, "make_inputs", lambda dist, **kw: real_inputs(dist, **{**kw, "device": "cpu"}))
     monkeypatch.setattr(quant, "quantize", reference_quantize)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
-    for layout, d in (("NHD", 64), ("HND", 72)):
+    for layout, d in (("NHD", 64), ("HND", 72), ("NHD", 200)):
         test_operand_images_equal_the_rearranged_plain_buffers(BuildResult(), layout, torch.bfloat16, d)

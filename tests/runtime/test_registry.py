@@ -119,15 +119,19 @@ def test_short_keys_choose_sdpa_first_only_where_sdpa_may_run():
 
 
 @pytest.mark.parametrize("precision", ["fast", "accurate"])
-def test_head_dim_256_goes_to_cudnn_on_sm90a_where_sdpa_can_run_it(precision):
-    """cuDNN ran ~2x the mma.sync d=256 kernel at every length measured on the H100: the rule takes every length;
-    a call SDPA cannot compute (or with SDPA not allowed) keeps the kernel."""
-    for n, causal in ((1000, False), (16384, True), (1 << 20, False)):
+def test_head_dim_256_runs_the_wgmma_fp16_kernel_and_cudnn_only_where_it_won(precision):
+    """d = 256 on sm90a: the wgmma FP16 P.V kernel in either precision (no FP8 kernel fits), cuDNN where it measured
+    faster end to end (up to 4k keys, 8k causal) and SDPA can compute the call."""
+    rule = registry.SDPA_FASTER[("sm90a", precision)]
+    assert (rule[(256, False)], rule[(256, True)]) == (4096, 8192)
+    for n, causal, sdpa in ((1000, False, True), (4096, False, True), (8192, False, False), (8192, True, True),
+                            (16384, True, False), (1 << 20, False, False)):
         k = key(d=256, nq=n, nk=n, causal=causal, precision=precision)
-        assert registry.choose(k, env="test-gpu", sm_count=132, sdpa_ok=True, allow_sdpa=True).kind == "sdpa"
+        kind = registry.choose(k, env="test-gpu", sm_count=132, sdpa_ok=True, allow_sdpa=True).kind
+        assert kind == ("sdpa" if sdpa else "kernel"), (n, causal)
         for kw in (dict(sdpa_ok=False), dict(sdpa_ok=True, allow_sdpa=False)):
-            choice = registry.choose(k, env="test-gpu", sm_count=132, **kw)
-            assert choice.kind == "kernel" and (choice.spec.family, choice.spec.d) == ("attn_mma", 256), kw
+            spec = registry.choose(k, env="test-gpu", sm_count=132, **kw).spec
+            assert (spec.family, spec.d, spec.pv) == ("attn_wgmma", 256, "f16"), kw
 
 
 def test_only_sm90a_has_the_fp8_family():

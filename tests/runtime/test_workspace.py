@@ -59,12 +59,10 @@ def test_quant_workspace_layout(B, Hq, Hkv, nq, nk, d, v_mode, qk_image, with_qk
     assert [p.offsets[n] for n in ordered] == sorted(p.offsets.values())
 
 
-def test_quant_plan_rejects_unknown_v_modes_and_image_dims():
+def test_quant_plan_rejects_unknown_v_modes():
     args = ("sm90a", "bf16", 1, 2, 2, 64, 64)
     with pytest.raises(ValueError, match="f8"):
         quant.QuantPlan(*args, 64, ScaleGroups(64), ScaleGroups(64), "f8", False, False)
-    with pytest.raises(ValueError, match="qk_image"):
-        quant.QuantPlan(*args, 256, ScaleGroups(64), ScaleGroups(64), "e4m3w", False, True)
 
 
 def test_quant_plan_is_cached_per_shape():

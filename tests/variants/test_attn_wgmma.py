@@ -82,7 +82,7 @@ def test_every_field_shows_in_the_name_even_single_valued_ones():
 
 @pytest.mark.parametrize("change, match", [
     (dict(qk="i4"), "qk must be i8"), (dict(pv="e5m2"), "pv must be one of"), (dict(pv="bf16"), "pv must be one of"),
-    (dict(o="f32"), "o must be one of"), (dict(d=96), "d must be 64 or 128"), (dict(d=256), "d must be 64 or 128"),
+    (dict(o="f32"), "o must be one of"), (dict(d=96), "d must be one of"), (dict(d=512), "d must be one of"),
     (dict(m=64), "m must be 128 or 192"), (dict(m=256), "m must be 128 or 192"), (dict(n=64), "n must be 128"),
     (dict(n=256), "n must be 128"), (dict(s=1), "s must be"), (dict(s=5), "s must be"),
     (dict(qg="row"), "qg in"), (dict(kg="warp"), "kg in"), (dict(kg="row"), "kg in"),
@@ -119,7 +119,7 @@ def test_enumeration_is_the_whole_declared_space_times_the_schedules():
     # declared combination is dropped
     two_wg_tiles = [t for t in TILES if t[0] == 128]
     for pv in PV_FORMATS:
-        mine = [s for s in specs if s.pv == pv and s.m == 128]
+        mine = [s for s in specs if s.pv == pv and s.m == 128 and s.d != 256]
         schedules = {_schedule(s) for s in mine}
         assert len(mine) == 2 * len(two_wg_tiles) * len(GRANULARITY_PAIRS) * len(OUT_TYPES) * 2 * len(schedules)
         assert {(s.m, s.n, s.s) for s in mine} == set(two_wg_tiles)
@@ -127,6 +127,22 @@ def test_enumeration_is_the_whole_declared_space_times_the_schedules():
         assert {s.d for s in mine} == {64, 128} and {s.o for s in mine} == set(OUT_TYPES)
         assert (("rowsum", "mma") in {kv for sch in schedules for kv in sch}) == (pv == "e4m3")
     assert {(s.qk, s.pv) for s in specs} == {("i8", "e4m3"), ("i8", "f16")}
+
+
+def test_head_dim_256_has_exactly_the_fp16_one_block_schedule_that_fits():
+    """d = 256: O alone is 128 registers per thread. FP16 P.V one block at a time (~204) fits the 240 of two consumer
+    warpgroups; the overlapped schedule (~248: ptxas spills 144 bytes) and FP8's two-level P.V tile do not, nor
+    three warpgroups (160 each, nor their 48 KB of Q). Two stages of 96 KB fill the shared memory; three do not."""
+    d256 = [s for s in enumerate_variants("sm90a") if s.d == 256]
+    assert {(s.pv, s.m, s.n, s.s, s.overlap, s.pingpong, s.rowsum) for s in d256} == \
+        {("f16", 128, 128, 2, False, False, "fma")}
+    assert len(d256) == len(GRANULARITY_PAIRS) * len(OUT_TYPES) * 2
+    assert all(s.reg_estimate() <= 240 and s.smem_bytes() <= s.target.smem_per_block for s in d256)
+    for change, match in ((dict(overlap=True), "registers"), (dict(pv="e4m3"), "registers"),
+                          (dict(m=192, qg="thread", kg="thread"), "shared memory"),  # and 160 registers
+                          (dict(s=3), "shared memory")):
+        with pytest.raises(InvalidVariant, match=match):
+            dataclasses.replace(d256[0], **change)
 
 
 def test_three_consumer_warpgroups_exist_exactly_where_the_registers_fit():
