@@ -4,8 +4,8 @@ Key (``Key``): arch, input dtype, output dtype, padded head dim, causal, and pow
 length, the key length, batch*heads (how many CTAs the grid has) and the GQA ratio, plus the precision class.
 
 Precision classes (``PRECISIONS``), each a set of families:
-  * "fast": INT8 Q.K^T + FP8 P.V (SageAttention2) where the arch has such a family (sm90a: attn_wgmma pv=e4m3,
-    d <= 128), else the "accurate" family: an arch without FP8 attention runs the more accurate kernel, never a less accurate
+  * "fast": INT8 Q.K^T + FP8 P.V (SageAttention2) where the arch has such a family (sm90a: attn_wgmma pv=e4m3),
+    else the "accurate" family: an arch without FP8 attention runs the more accurate kernel, never a less accurate
     one;
   * "accurate": INT8 Q.K^T + FP16 P.V with fp32 accumulation: attn_wgmma pv=f16 where the arch has it (sm90a;
     attn_mma variants stay candidates for the autotuner), attn_mma on every other arch (its fp16-accumulator
@@ -34,8 +34,8 @@ Heuristic (``heuristic``), used whenever nothing was measured for the key:
   * torch SDPA (cuDNN) where it was measured faster than every sagegen kernel and computes the same thing
     (``SDPA_FASTER``: (arch, precision) -> (d, causal, largest key-length bucket); H100, B*H = 128,
     BENCHMARKS.md 2026-11-26, after the quantization pass reached ~80% of copy bandwidth: "fast" ties or loses up
-    to 2k keys at d=128 (4k causal) and 4k at d=64 (8k causal); "accurate" up to 4k (8k at d=64 causal); both
-    up to 4k at d=256 (8k causal), where either precision runs the wgmma FP16 P.V kernel), unless SDPA is not
+    to 2k keys at d=128 (4k causal) and 4k at d=64 (8k causal); "accurate" up to 4k (8k at d=64 causal); at
+    d=256 "fast" up to 2k (4k causal), "accurate" up to 4k (8k causal)), unless SDPA is not
     allowed (SAGEGEN_FORCE_KERNEL=1, ``sdpa_fallback=False``) or cannot compute the call (GQA, LSE, another output
     dtype, causal with Nq != Nk).
     The result is then exact attention: never slower than cuDNN where it was measured, and more accurate.
@@ -100,10 +100,10 @@ SDPA_FASTER = {
     # after the quantization pass reached ~80% of copy bandwidth) was below 1.04 (a tie goes to cuDNN: it is
     # exact). fast: up to 2k keys at d=128 (4k causal), 4k at d=64 (8k causal); accurate (FP16 P.V): up to 4k,
     # 8k at d=64 causal.
-    # d=256 (eighth session, the wgmma FP16 P.V kernel; either precision runs it): cuDNN up to 4k keys, 8k causal,
-    # where the quantization pass is a large share of the call.
+    # d=256 (eighth session): fast (FP8 P.V in channel halves) up to 2k keys (4k causal), accurate (FP16 P.V) up to
+    # 4k (8k causal): where the quantization pass is a large share of the call.
     ("sm90a", "fast"): {(128, False): 2048, (128, True): 4096, (64, False): 4096, (64, True): 8192,
-                        (256, False): 4096, (256, True): 8192},
+                        (256, False): 2048, (256, True): 4096},
     ("sm90a", "accurate"): {(128, False): 4096, (128, True): 4096, (64, False): 4096, (64, True): 8192,
                             (256, False): 4096, (256, True): 8192},
 }
@@ -119,6 +119,7 @@ SDPA_FASTER = {
 # warpgroups with ping-pong (m=192) beat two by 13-17% (536-574 against 473-492 non-causal, 8k-32k).
 _SEQ_MMA_192 = (192, 2, False, False, "mma")
 _SEQ_FMA_2 = (128, 2, False, False, "fma")
+_SEQ_FMA_3 = (128, 3, False, False, "fma")
 _FREE_MMA = (128, 3, True, False, "mma")
 _FREE_FMA = (128, 3, True, False, "fma")
 _PP_MMA = (128, 3, True, True, "mma")
@@ -135,7 +136,10 @@ WGMMA_PREFERRED = {
     ("f16", 128, True): (_PP_FMA, _FREE_FMA, _PP4_FMA),
     ("f16", 64, False): (_PP3_FMA_192, _PP4_FMA_192, _PP4_FMA, _PP_FMA),
     ("f16", 64, True): (_PP3_FMA_192, _PP4_FMA_192, _PP_FMA, _PP4_FMA),
-    # d=256: the one schedule that fits (O is 128 registers per thread; two 96 KB stages)
+    # d=256: one block at a time (O is 128 registers per thread). e4m3 (P.V in two channel halves): two stages beat
+    # three by 2-4% non-causal and tie causal (H100, eighth session); f16: the one schedule that fits (96 KB stages)
+    ("e4m3", 256, False): (_SEQ_FMA_2, _SEQ_FMA_3),
+    ("e4m3", 256, True): (_SEQ_FMA_2, _SEQ_FMA_3),
     ("f16", 256, False): (_SEQ_FMA_2,),
     ("f16", 256, True): (_SEQ_FMA_2,),
 }

@@ -15,8 +15,8 @@ from ..quant_layout import GRANULARITIES, N_ALIGN, QK_IMAGE_DIMS, k_groups, q_gr
 from .spec import KernelSpec, build_valid, flag, prefix, word
 
 OUT_TYPES = {"f16": "__half", "bf16": "__nv_bfloat16"}
-# d = 256 fits the register budget with FP16 P.V one block at a time only (O alone is 128 registers per thread; see
-# reg_estimate), and two stages of 128 keys (96 KB each) fill the shared memory.
+# d = 256 fits the register budget one block at a time only (O alone is 128 registers per thread; see reg_estimate):
+# FP16 P.V with two stages of 128 keys (96 KB each), e4m3 P.V with its two-level tile in two channel halves.
 HEAD_DIMS = QK_IMAGE_DIMS
 WARPGROUP_ROWS = 64  # rows of one m64nNk32 wgmma: what one consumer warpgroup owns
 # (m, n, s): CTA rows, keys per step, stages. n is the V image's key block (128); m = 128 is two consumer
@@ -72,6 +72,11 @@ class AttnWgmmaSpec(KernelSpec):
         return 8 if self.rowsum == "mma" else 0
 
     @property
+    def pv_halves(self) -> int:
+        """e4m3 at d=256 runs each block's P.V in two 128-channel halves through one tile (kernel.cuh kPvHalves)."""
+        return 2 if self.pv == "e4m3" and self.d == 256 else 1
+
+    @property
     def v_mode(self) -> str:
         """What the quantization pass writes for V (sagegen.quant_layout)."""
         return PV_FORMATS[self.pv][1]
@@ -90,7 +95,7 @@ class AttnWgmmaSpec(KernelSpec):
         per key block); every overlapped m=192 schedule with e4m3's two levels spills 32-92 bytes at d=64."""
         f16 = self.pv == "f16"
         o, s = self.d // 2, self.n // 2
-        ob, p = (0, self.n // 4) if f16 else ((self.d + self.ones_rows) // 2, self.n // 8)
+        ob, p = (0, self.n // 4) if f16 else ((self.d // self.pv_halves + self.ones_rows) // 2, self.n // 8)
         return o + ob + s + p + 24 if self.overlap else o + max(s, ob + p) + 12
 
     def check(self):
@@ -112,6 +117,8 @@ class AttnWgmmaSpec(KernelSpec):
             raise InvalidVariant(f"rowsum must be one of {ROW_SUMS}, got {self.rowsum!r}")
         if self.rowsum == "mma" and self.pv != "e4m3":
             raise InvalidVariant("rowsum=mma needs pv=e4m3 (its ones rows extend the K-major V^T image)")
+        if self.rowsum == "mma" and self.pv_halves > 1:
+            raise InvalidVariant("rowsum=mma needs the whole P.V in one tile; e4m3 at d=256 runs it in two halves")
         if self.pingpong and not self.overlap:
             raise InvalidVariant("pingpong rotates overlapping consumer warpgroups: needs overlap")
         if self.s not in (2, 3, 4):

@@ -34,7 +34,11 @@ struct Config {
   // The softmax denominator from the P.V MMA: 8 rows of ones (e4m3 1.0) follow V^T in every stage, so the MMA's
   // N grows by 8 and its last 8 columns hold each row's sum of P; no FADDs, no quad reduction.
   static constexpr bool kMmaRowSum = MmaRowSum;
-  static constexpr int kOnesRows = MmaRowSum ? 8 : 0, kPvN = D + kOnesRows;
+  // e4m3 at d=256: O (128 registers) and a whole-block P.V tile (128 more) do not fit 240, so each block's P.V runs
+  // in two 128-channel halves through one 64-register tile, each merged into its half of O before the next is
+  // issued. Every output element still sums the same 128 keys in the FP8 accumulator: the numerics are unchanged.
+  static constexpr int kPvHalves = (!PvF16 && D == 256) ? 2 : 1, kPvCols = D / kPvHalves;
+  static constexpr int kOnesRows = MmaRowSum ? 8 : 0, kPvN = kPvCols + kOnesRows;
   static constexpr bool kPvF16 = PvF16;
   static constexpr int kVBytes = PvF16 ? 2 : 1, kPvKeyStep = PvF16 ? 16 : 32;  // V element bytes, keys per k-step
   // p's scale: e4m3 P maps p in [0, 1] onto its full range (448 = 2^8.807); fp16 P needs no gain.
@@ -74,7 +78,7 @@ struct Config {
   using MmaOps = Mma;
   static_assert(BlockN == 128, "the V image is blocked by 128 keys");
   static_assert(D == 64 || D == 128 || D == 256, "head dim");
-  static_assert(D != 256 || PvF16, "d=256: O and the FP8 two-level P.V tile need 256+ registers per thread");
+  static_assert(kPvHalves == 1 || (!MmaRowSum && !Overlap), "P.V in halves: FADD row sums, one block at a time");
   static_assert(QTile % 16 == 0, "a thread's two rows (g, g + 8) must share one Q scale group");
   static_assert(KTile == BlockN, "K scales are per key block (or per thread within it)");
   static_assert(!PingPong || (Consumers >= 2 && Overlap), "ping-pong rotates overlapping warpgroups");
@@ -194,7 +198,8 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
   float sc[kNChunks][4];           // scores of one block: biased int32 from the MMA, then probabilities
   auto& s_acc = reinterpret_cast<uint32_t(&)[kNChunks * 4]>(sc);
   uint32_t pa[kPSteps][4];         // P (e4m3 or fp16) as the A operand of the P.V k-steps
-  float ob[C::kPvF16 ? 1 : kPvChunks * 4];  // e4m3: one block's P.V (the two-level accumulation's inner level)
+  float ob[C::kPvF16 ? 1 : kPvChunks * 4];  // e4m3: one block's P.V (the two-level accumulation's inner level),
+                                            // or one half of its channels (kPvHalves)
   float alpha[1][2], alpha_next[1][2];
 
   auto stage_of = [](int j) { return j % C::kStages; };
@@ -263,8 +268,8 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
         }
       }
   };
-  auto issue_pv = [&](int j) {
-    const uint64_t v_desc = desc_plus(v_desc0, stage_of(j) * C::kStageV);
+  auto issue_pv = [&](int j, int half = 0) {  // half: the channel half (kPvHalves), 128 rows of 128 bytes of V^T
+    const uint64_t v_desc = desc_plus(v_desc0, stage_of(j) * C::kStageV + half * C::kPvCols * C::kBlockN);
     if constexpr (C::kPvF16) {  // O += P.V; a k-step is 16 keys = two 8-key row groups of the image (2 KB)
       wg::fence_operands(o);
       Mma::begin();
@@ -285,16 +290,21 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
       Mma::commit();
     }
   };
-  // After block j's P.V retired: free its stage; e4m3: O = O * alpha_j + the block's P.V.
+  // e4m3: O's channel half `half` = O * alpha_j + the block's P.V for it (in ob, retired).
+  auto merge_pv = [&](const float (&a)[1][2], int half) {
+#pragma unroll
+    for (int i = 0; i < C::kPvCols / 2; ++i) {
+      float& out = o[half * (C::kPvCols / 2) + i];
+      out = fmaf(out, a[0][(i >> 1) & 1], ob[i]);
+    }
+  };
+  // After block j's P.V retired: free its stage; e4m3: merge (the last half, kPvHalves).
   auto finish_pv = [&](int j, const float (&a)[1][2]) {
     if constexpr (C::kPvF16) wg::fence_operands(o);
     else wg::fence_operands(ob);
     __syncwarp();
     if (lane == 0) sm90::mbar_arrive(&sm.empty[stage_of(j)]);  // this warp is done with the stage
-    if constexpr (!C::kPvF16) {
-#pragma unroll
-      for (int i = 0; i < kDChunks * 4; ++i) o[i] = fmaf(o[i], a[0][(i >> 1) & 1], ob[i]);
-    }
+    if constexpr (!C::kPvF16) merge_pv(a, C::kPvHalves - 1);
     if constexpr (C::kMmaRowSum) {  // column D (chunk kDChunks, element 0 of each row half) = the row's sum of P
       st.sum[0] = fmaf(st.sum[0], a[0][0], ob[4 * kDChunks]);
       st.sum[1] = fmaf(st.sum[1], a[0][1], ob[4 * kDChunks + 2]);
@@ -381,7 +391,15 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
       Mma::template wait<0>();
       rescale_o(softmax(j, alpha, MaskCheck{}), alpha);
       pack_p();
-      issue_pv(j);
+      if constexpr (C::kPvHalves == 2) {  // the first channel half through the P.V tile, then the second
+        issue_pv(j, 0);
+        Mma::template wait<0>();
+        wg::fence_operands(ob);
+        merge_pv(alpha, 0);
+        issue_pv(j, 1);
+      } else {
+        issue_pv(j);
+      }
       Mma::template wait<0>();
       finish_pv(j, alpha);
     }

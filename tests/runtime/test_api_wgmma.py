@@ -53,19 +53,19 @@ def test_default_precision_on_sm90a_runs_the_wgmma_family(fake_hopper, layout, n
     assert tuple(int(a) for a in qargs[19:23]) == (qg.tile, qg.sub, kg.tile, kg.sub) == (16, 8, 128, 4)
 
 
-@pytest.mark.parametrize("precision", ["fast", "accurate"])
+@pytest.mark.parametrize("precision, pv, v_mode, stats_v", [("fast", "e4m3", "e4m3w", "e4m3t"),
+                                                           ("accurate", "f16", "f16w", "none")])
 @pytest.mark.parametrize("d", [136, 256])
-def test_head_dims_above_128_run_the_wgmma_fp16_kernel_on_sm90a(fake_hopper, precision, d):
-    """d = 256 has only FP16 P.V wgmma variants (FP8's two-level P.V tile does not fit the registers): either
-    precision runs one, after the quantization pass writes Q and K in their d = 256 image and V in its fp16 image."""
+def test_head_dims_above_128_run_the_d256_wgmma_kernels_on_sm90a(fake_hopper, precision, pv, v_mode, stats_v, d):
+    """d = 256 has a wgmma kernel in either precision, one block at a time: the quantization pass writes Q and K in
+    their d = 256 image and V in the P.V format's image."""
     q, k, v = inputs(nq=300, nk=300, d=d)
     o = sagegen.attention(q, k, v, precision=precision, sdpa_fallback=False)
     assert o.shape == q.shape
     (stats, *_), (qkv, _, _, _, qargs) = fake_hopper[0], qkv_launch(fake_hopper)
-    assert (qkv.d, qkv.v, stats.v) == (256, "f16w", "none") and qargs[24] == 1  # qk_image
+    assert (qkv.d, qkv.v, stats.v) == (256, v_mode, stats_v) and qargs[24] == 1  # qk_image
     spec = fake_hopper.attn()[0][0]
-    assert isinstance(spec, AttnWgmmaSpec) and (spec.d, spec.pv, spec.m, spec.s, spec.overlap) == \
-        (256, "f16", 128, 2, False)
+    assert isinstance(spec, AttnWgmmaSpec) and (spec.d, spec.pv, spec.m, spec.overlap) == (256, pv, 128, False)
 
 
 def _kernel_params(spec) -> list[tuple[str, str]]:

@@ -118,20 +118,20 @@ def test_short_keys_choose_sdpa_first_only_where_sdpa_may_run():
         assert choice.kind == "kernel" and choice.spec.family == "attn_short", kw
 
 
-@pytest.mark.parametrize("precision", ["fast", "accurate"])
-def test_head_dim_256_runs_the_wgmma_fp16_kernel_and_cudnn_only_where_it_won(precision):
-    """d = 256 on sm90a: the wgmma FP16 P.V kernel in either precision (no FP8 kernel fits), cuDNN where it measured
-    faster end to end (up to 4k keys, 8k causal) and SDPA can compute the call."""
+@pytest.mark.parametrize("precision, pv, limits", [("fast", "e4m3", (2048, 4096)), ("accurate", "f16", (4096, 8192))])
+def test_head_dim_256_runs_its_wgmma_kernel_and_cudnn_only_where_it_won(precision, pv, limits):
+    """d = 256 on sm90a: the precision's wgmma kernel (FP8 P.V in channel halves, or FP16 P.V), cuDNN where it
+    measured faster end to end and SDPA can compute the call."""
     rule = registry.SDPA_FASTER[("sm90a", precision)]
-    assert (rule[(256, False)], rule[(256, True)]) == (4096, 8192)
-    for n, causal, sdpa in ((1000, False, True), (4096, False, True), (8192, False, False), (8192, True, True),
-                            (16384, True, False), (1 << 20, False, False)):
-        k = key(d=256, nq=n, nk=n, causal=causal, precision=precision)
-        kind = registry.choose(k, env="test-gpu", sm_count=132, sdpa_ok=True, allow_sdpa=True).kind
-        assert kind == ("sdpa" if sdpa else "kernel"), (n, causal)
-        for kw in (dict(sdpa_ok=False), dict(sdpa_ok=True, allow_sdpa=False)):
-            spec = registry.choose(k, env="test-gpu", sm_count=132, **kw).spec
-            assert (spec.family, spec.d, spec.pv) == ("attn_wgmma", 256, "f16"), kw
+    assert (rule[(256, False)], rule[(256, True)]) == limits
+    for causal, limit in zip((False, True), limits):
+        for n in (1000, limit, 2 * limit, 1 << 20):
+            k = key(d=256, nq=n, nk=n, causal=causal, precision=precision)
+            kind = registry.choose(k, env="test-gpu", sm_count=132, sdpa_ok=True, allow_sdpa=True).kind
+            assert kind == ("sdpa" if n <= limit else "kernel"), (n, causal)
+            for kw in (dict(sdpa_ok=False), dict(sdpa_ok=True, allow_sdpa=False)):
+                spec = registry.choose(k, env="test-gpu", sm_count=132, **kw).spec
+                assert (spec.family, spec.d, spec.pv, spec.s, spec.overlap) == ("attn_wgmma", 256, pv, 2, False)
 
 
 def test_only_sm90a_has_the_fp8_family():

@@ -129,20 +129,25 @@ def test_enumeration_is_the_whole_declared_space_times_the_schedules():
     assert {(s.qk, s.pv) for s in specs} == {("i8", "e4m3"), ("i8", "f16")}
 
 
-def test_head_dim_256_has_exactly_the_fp16_one_block_schedule_that_fits():
-    """d = 256: O alone is 128 registers per thread. FP16 P.V one block at a time (~204) fits the 240 of two consumer
-    warpgroups; the overlapped schedule (~248: ptxas spills 144 bytes) and FP8's two-level P.V tile do not, nor
-    three warpgroups (160 each, nor their 48 KB of Q). Two stages of 96 KB fill the shared memory; three do not."""
+def test_head_dim_256_has_exactly_the_one_block_schedules_that_fit():
+    """d = 256: O alone is 128 registers per thread, so only one block at a time with two consumer warpgroups fits
+    240: FP16 P.V (~204; overlapped ~248, where ptxas spills 144 bytes) with two 96 KB stages, and e4m3 P.V (~220)
+    with its two-level tile in two 128-channel halves, FADD row sums, two or three 64 KB stages."""
     d256 = [s for s in enumerate_variants("sm90a") if s.d == 256]
     assert {(s.pv, s.m, s.n, s.s, s.overlap, s.pingpong, s.rowsum) for s in d256} == \
-        {("f16", 128, 128, 2, False, False, "fma")}
-    assert len(d256) == len(GRANULARITY_PAIRS) * len(OUT_TYPES) * 2
+        {("f16", 128, 128, 2, False, False, "fma"), ("e4m3", 128, 128, 2, False, False, "fma"),
+         ("e4m3", 128, 128, 3, False, False, "fma")}
+    assert len(d256) == 3 * len(GRANULARITY_PAIRS) * len(OUT_TYPES) * 2
     assert all(s.reg_estimate() <= 240 and s.smem_bytes() <= s.target.smem_per_block for s in d256)
-    for change, match in ((dict(overlap=True), "registers"), (dict(pv="e4m3"), "registers"),
-                          (dict(m=192, qg="thread", kg="thread"), "shared memory"),  # and 160 registers
-                          (dict(s=3), "shared memory")):
+    assert {(s.pv, s.pv_halves) for s in d256} == {("f16", 1), ("e4m3", 2)}
+    f16 = next(s for s in d256 if s.pv == "f16")
+    e4m3 = next(s for s in d256 if s.pv == "e4m3")
+    for base, change, match in ((f16, dict(overlap=True), "registers"), (e4m3, dict(overlap=True), "registers"),
+                                (e4m3, dict(rowsum="mma"), "two halves"),
+                                (f16, dict(m=192, qg="thread", kg="thread"), "shared memory"),  # and 160 registers
+                                (f16, dict(s=3), "shared memory"), (e4m3, dict(s=4), "shared memory")):
         with pytest.raises(InvalidVariant, match=match):
-            dataclasses.replace(d256[0], **change)
+            dataclasses.replace(base, **change)
 
 
 def test_three_consumer_warpgroups_exist_exactly_where_the_registers_fit():
