@@ -7,7 +7,7 @@
     ... scripts/sanitize_small.py --filter 'attn_wgmma_*_m192_*'                 # the variants matching a glob
 
 Tiny shapes put every tail in play: N = 1, 17, 130 (not multiples of any tile), nq > nk with bottom-right causal
-(rows that see no key), GQA, NHD, d = 72 (padded to 128) and 64. Compiles first (outside any CUDA work), then runs
+(rows that see no key), GQA, NHD, d = 72 (padded to 128), 64, and 256 / 200 for the d = 256 variants. Compiles first (outside any CUDA work), then runs
 each case once with LSE and synchronizes after it, so a fault is reported next to the case printed before it.
 torch's caching allocator is turned off (PYTORCH_NO_CUDA_MEMORY_CACHING=1) so that every tensor is its own
 allocation and memcheck sees an access past its end. Exit status 0 and "sanitize_small: N cases OK" on success.
@@ -29,6 +29,10 @@ CASES = [
     (2, 4, 2, 130, 17, 72, "HND", True, "bottom_right"),  # 113 rows see no key
     (1, 2, 2, 17, 130, 64, "NHD", True, "top_left"),
     (1, 3, 1, 130, 130, 128, "HND", False, "bottom_right"),
+    (1, 1, 1, 130, 130, 256, "HND", False, "bottom_right"),  # the d = 256 kernels (200: padded inside)
+    (1, 2, 1, 1, 17, 200, "NHD", False, "bottom_right"),
+    (1, 2, 1, 17, 130, 256, "NHD", True, "top_left"),
+    (2, 2, 2, 130, 17, 200, "HND", True, "bottom_right"),
 ]
 
 
@@ -40,7 +44,7 @@ def pick_wgmma_variants(arch: str, few: bool):
 
     out = {}
     for precision in registry.PRECISIONS:
-        for d in (64, 128):
+        for d in (64, 128, 256):
             for causal in (False, True):
                 key = registry.make_key(arch=arch, dtype="bf16", out="bf16", d=d, causal=causal, nq=128, nk=128,
                                         batch_heads=8, precision=precision)
@@ -96,6 +100,7 @@ def main(argv=None) -> int:
     import torch
 
     from sagegen.build import build
+    from sagegen.quant_layout import padded_dim
     from sagegen.render import default_out_dir
     from sagegen.runtime import api
     from sagegen.runtime.device import device_arch
@@ -117,7 +122,7 @@ def main(argv=None) -> int:
     n_cases = 0
     for spec in specs:
         for B, Hq, Hkv, nq, nk, d, layout, causal, align in CASES:
-            if (d <= 64) != (spec.d == 64) or causal != spec.causal:
+            if padded_dim(d) != spec.d or causal != spec.causal:
                 continue
             for dtype in (torch.float16, torch.bfloat16):
                 short = spec.family == "attn_short"

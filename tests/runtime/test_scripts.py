@@ -107,10 +107,11 @@ def test_sanitize_variants_cover_every_tile_and_granularity():
 def test_sanitize_wgmma_variants_are_the_heuristic_choices_and_every_schedule():
     san = load("sanitize_small")
     from sagegen.runtime import registry
+    from sagegen.quant_layout import padded_dim
     from sagegen.variants.attn_wgmma import enumerate_variants
 
     few = san.pick_wgmma_variants("sm90a", few=True)
-    assert len(few) == 8 and all(s.family == "attn_wgmma" for s in few)
+    assert len(few) == 12 and all(s.family == "attn_wgmma" for s in few)  # 2 precisions x 3 d x causal
     assert {s.pv for s in few} == {"e4m3", "f16"}
     for spec in few:  # the heuristic's choice for its (precision, d, causal)
         precision = "fast" if spec.pv == "e4m3" else "accurate"
@@ -121,9 +122,9 @@ def test_sanitize_wgmma_variants_are_the_heuristic_choices_and_every_schedule():
     assert len({s.name for s in specs}) == len(specs) and {s.name for s in few} <= {s.name for s in specs}
     schedule = lambda s: (s.pv, s.m, s.s, s.overlap, s.pingpong, s.rowsum)  # noqa: E731
     assert {schedule(s) for s in specs} == {schedule(s) for s in enumerate_variants("sm90a")}
-    assert {(s.d, s.causal) for s in specs} == {(64, False), (64, True), (128, False), (128, True)}
-    for spec in specs:
-        assert any((c[5] <= 64) == (spec.d == 64) and c[7] == spec.causal for c in san.CASES), spec.name
+    assert {(s.d, s.causal) for s in specs} == {(d, c) for d in (64, 128, 256) for c in (False, True)}
+    for spec in specs:  # some case runs it: its padded head dim and causality
+        assert any(padded_dim(c[5]) == spec.d and c[7] == spec.causal for c in san.CASES), spec.name
     sys.modules.pop("_script_sanitize_small", None)
 
 
