@@ -21,7 +21,8 @@ Heuristic (``heuristic``), used whenever nothing was measured for the key:
   * attn_wgmma (sm90a) before attn_mma; per-thread scales first (as below), then the (stages, overlap, ping-pong,
     row sum) order measured on the H100/H200 per (P.V format, d, causal) (``WGMMA_PREFERRED``, BENCHMARKS.md);
     FP8 P.V: at d=128 three consumer warpgroups (m=192) one block at a time with the row sum on the MMA, two
-    stages; at d=64 three stages with intra-warpgroup overlap and the row sum on the MMA;
+    stages; at d=64 three stages with intra-warpgroup overlap and the row sum on the MMA; at d=256 (either P.V
+    format) two consumer warpgroups one block at a time, two stages: the only schedules whose registers fit;
   * scale granularity per-thread Q and K first (H100, N(0,1), d=128: rel-L1 0.010-0.011 against 0.011-0.012 for
     per-warp Q / per-block K and 0.012-0.013 for per-block, at the same speed), then warp/block, then block/block;
   * tiles in the order of the H100 measurements (d=128, bf16, N=8k-16k): (m=128, n=32, w=4) with 4, then 2
