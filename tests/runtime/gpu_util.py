@@ -43,6 +43,17 @@ def device_variants(family: str) -> list[str]:
     return [s.name for s in select([arch], variants_glob()) if s.family == family]
 
 
+def compiled_spec(gpu_kernels, name: str):
+    """The spec of variant ``name``; the test fails with the NVRTC log if the session's build could not compile it."""
+    import pytest
+
+    from sagegen.variants import spec_from_name
+
+    if name in gpu_kernels.failed:
+        pytest.fail(f"{name} failed to compile:\n{gpu_kernels.failed[name][:4000]}")
+    return spec_from_name(name)
+
+
 def seed_of(text: str) -> int:
     """A per-test seed: fresh inputs for every test, the same ones on every run."""
     return zlib.crc32(text.encode()) & 0x7FFFFFFF

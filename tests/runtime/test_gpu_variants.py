@@ -21,7 +21,7 @@ import torch
 import sagegen
 from sagegen.variants import spec_from_name
 
-from .gpu_util import OUT_DTYPES, device_variants, emulate, errors, exact, inputs, seed_of
+from .gpu_util import OUT_DTYPES, compiled_spec, device_variants, emulate, errors, exact, inputs, seed_of
 
 pytestmark = pytest.mark.gpu
 
@@ -66,9 +66,7 @@ def check_variant(report, test: str, name: str, case: str, q, k, v, *, layout: s
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("name", device_variants("attn_mma"))
 def test_variant(gpu_kernels, report, name, case):
-    if name in gpu_kernels.failed:
-        pytest.fail(f"{name} failed to compile:\n{gpu_kernels.failed[name][:4000]}")
-    spec = spec_from_name(name)
+    spec = compiled_spec(gpu_kernels, name)
     dist, B, Hq, Hkv, nq, nk, dd, layout, dtype, align, bound = CASES[case]
     q, k, v = inputs(dist, B=B, Hq=Hq, Hkv=Hkv, nq=nq, nk=nk, d=spec.d + dd, dtype=dtype, layout=layout,
                      seed=seed_of(name + case))
@@ -88,9 +86,7 @@ SHORT_CASES = {
 @pytest.mark.parametrize("case", list(SHORT_CASES))
 @pytest.mark.parametrize("name", device_variants("attn_short"))
 def test_short_variant(gpu_kernels, report, name, case):
-    if name in gpu_kernels.failed:
-        pytest.fail(f"{name} failed to compile:\n{gpu_kernels.failed[name][:4000]}")
-    spec = spec_from_name(name)
+    spec = compiled_spec(gpu_kernels, name)
     dist, B, Hq, Hkv, nq, nk, dd, layout, align, bound = SHORT_CASES[case]
     q, k, v = inputs(dist, B=B, Hq=Hq, Hkv=Hkv, nq=nq, nk=nk, d=spec.d + dd, dtype=OUT_DTYPES[spec.x],
                      layout=layout, seed=seed_of(name + case))

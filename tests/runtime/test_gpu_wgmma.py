@@ -23,9 +23,8 @@ import sagegen
 from sagegen.reference import rel_l1
 from sagegen.runtime import api
 from sagegen.runtime import attn_wgmma as W
-from sagegen.variants import spec_from_name
 
-from .gpu_util import OUT_DTYPES, device_variants, emulate, errors, exact, inputs, seed_of
+from .gpu_util import OUT_DTYPES, compiled_spec, device_variants, emulate, errors, exact, inputs, seed_of
 
 pytestmark = pytest.mark.gpu
 
@@ -70,9 +69,7 @@ def case_inputs(kind, *, B, Hq, Hkv, nq, nk, d, layout, dtype, seed):
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("name", device_variants("attn_wgmma"))
 def test_wgmma_variant(gpu_kernels, report, name, case):
-    if name in gpu_kernels.failed:
-        pytest.fail(f"{name} failed to compile:\n{gpu_kernels.failed[name][:4000]}")
-    spec = spec_from_name(name)
+    spec = compiled_spec(gpu_kernels, name)
     B, Hq, Hkv, nq, nk, dd, layout, kind = CASES[case]
     d = spec.d + dd
     q, k, v = case_inputs(kind, B=B, Hq=Hq, Hkv=Hkv, nq=nq, nk=nk, d=d, layout=layout, dtype=OUT_DTYPES[spec.o],
