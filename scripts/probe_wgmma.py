@@ -11,7 +11,9 @@ kernel header's hooks; the generator never sets them) and times it kernel-only o
   TRACE       clock64 at 8 points of every overlapped iteration (head 0), printed as median phase lengths
               (the compiler moves instructions across the clock reads: phases are approximate)
   SPLIT_LOOP  the main loop in two halves (no mask branch before the first masked block) in every variant
-TRACE and SPLIT_LOOP exist in the wgmma kernel only; the mma.sync kernel (attn_mma specs) has the other five.
+  FLOAT_MAX   the row max on floats (one FMNMX per score) instead of the integer pipe's three-input max
+TRACE, SPLIT_LOOP and FLOAT_MAX exist in the wgmma kernel only; the mma.sync kernel (attn_mma specs) has the
+other five.
 Probes combine with '+', e.g. NO_LOAD+NO_SOFTMAX is the MMA issue rate with nothing else in the way. Outputs are
 garbage under every probe but 'none'; only the times mean something.
 
@@ -37,7 +39,7 @@ from sagegen.runtime import attn_wgmma as W  # noqa: E402
 from sagegen.variants import spec_from_name  # noqa: E402
 
 DEFAULT_SPEC = "attn_wgmma_sm90a_qk_i8_pv_e4m3_o_bf16_d128_m128_n128_s3_ovl_free_rs_mma_qg_thread_kg_thread_full"
-PROBES = ("NO_EXP", "NO_MAX", "NO_SOFTMAX", "NO_MMA", "NO_LOAD", "TRACE", "SPLIT_LOOP")
+PROBES = ("NO_EXP", "NO_MAX", "NO_SOFTMAX", "NO_MMA", "NO_LOAD", "TRACE", "SPLIT_LOOP", "FLOAT_MAX")
 # the TRACE events (templates/attn_wgmma/kernel.cuh): phase i runs from event i to event i + 1
 PHASES = ("turn wait", "stage wait", "issue QK+PV", "QK wait", "softmax", "PV wait", "finish+pack")
 

@@ -102,6 +102,19 @@ def test_attn_mma_ptx_holds_int8_and_fp16_mma_ldmatrix_and_cp_async(arch):
     assert "cp.async.wait_group" in ops or any(op.startswith("cp.async.wait") for op in ops)
 
 
+def test_attn_wgmma_row_max_runs_on_the_integer_pipe():
+    """The wgmma family's scores are biased floats whose bit patterns order like int32 (softmax.cuh,
+    kOrderedBits): their row max is `max.s32` (ptxas fuses pairs into sm_90's three-input VIMNMX3), not one
+    `max.f32` per score. The float maxima left are the quad reduction and the running max (2 rows x 2)."""
+    spec = spec_from_name("attn_wgmma_sm90a_qk_i8_pv_e4m3_o_bf16_d128_m192_n128_s2_seq_free_rs_mma_"
+                          "qg_thread_kg_thread_causal")
+    ptx = compile_ptx(spec.name, render(spec), spec.arch)
+    int_max = len(re.findall(r"^\s*max\.s32", ptx, re.M))
+    float_max = len(re.findall(r"^\s*max\.f32", ptx, re.M))
+    assert int_max >= 2 * (2 * spec.n // 8 - 1), (int_max, float_max)  # 2 rows x (32 scores - 1) per thread
+    assert float_max <= 8, (int_max, float_max)
+
+
 # --- failures ------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("compile_fn", [compile_cubin, compile_ptx], ids=["cubin", "ptx"])

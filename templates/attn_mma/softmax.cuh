@@ -44,7 +44,22 @@ struct RowState {
 // int32 scores arrive as floats offset by 1.5 * 2^23, no I2F); every probability and row sum comes out multiplied
 // by 2^log2_gain (FP8 P maps p onto e4m3's range for free); kRowSum = false leaves st.sum alone for a caller that
 // sums P elsewhere (on the P.V MMA).
-template <int kMTiles, int kNTiles, int kSlack, bool kRowSum = true>
+//
+// kOrderedBits: every raw score's bit pattern, read as an int32, orders like its value: true for the wgmma
+// family's biased scores (positive floats in [2^23, 2^24]) and the -inf of masked ones (a negative int32). The row
+// max then runs on the integer pipe's three-input max (VIMNMX3 on sm_90), two scores per instruction instead of
+// one FMNMX each; the result is the same score, so the output is bit-identical.
+template <int kN>
+__device__ __forceinline__ int max3_tree(int (&m)[kN]) {  // max of kN int32, ternary tree (log3 depth)
+#pragma unroll
+  for (int w = 1; w < kN; w *= 3)
+#pragma unroll
+    for (int j = 0; j + w < kN; j += 3 * w)
+      m[j] = j + 2 * w < kN ? __vimax3_s32(m[j], m[j + w], m[j + 2 * w]) : max(m[j], m[j + w]);
+  return m[0];
+}
+
+template <int kMTiles, int kNTiles, int kSlack, bool kRowSum = true, bool kOrderedBits = false>
 __device__ __forceinline__ bool online_softmax(float (&s)[kMTiles][kNTiles][4], const float (&scale)[kMTiles][2],
                                                RowState (&st)[kMTiles], float (&alpha)[kMTiles][2],
                                                float score_bias = 0.f, float log2_gain = 0.f) {
@@ -53,15 +68,30 @@ __device__ __forceinline__ bool online_softmax(float (&s)[kMTiles][kNTiles][4], 
   for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      float m[kNTiles];  // pairwise tree: log-depth dependency chain
+      float row_max;
+#ifndef SAGEGEN_PROBE_FLOAT_MAX  // ablation probe (scripts/probe_wgmma.py): the float tree even for ordered bits
+      if constexpr (kOrderedBits) {
+        int m[2 * kNTiles];
 #pragma unroll
-      for (int j = 0; j < kNTiles; ++j) m[j] = fmaxf(s[mt][j][2 * r], s[mt][j][2 * r + 1]);
+        for (int j = 0; j < kNTiles; ++j) {
+          m[2 * j] = __float_as_int(s[mt][j][2 * r]);
+          m[2 * j + 1] = __float_as_int(s[mt][j][2 * r + 1]);
+        }
+        row_max = __int_as_float(max3_tree(m));
+      } else
+#endif
+      {
+        float m[kNTiles];  // pairwise tree: log-depth dependency chain
 #pragma unroll
-      for (int w = 1; w < kNTiles; w *= 2)
+        for (int j = 0; j < kNTiles; ++j) m[j] = fmaxf(s[mt][j][2 * r], s[mt][j][2 * r + 1]);
 #pragma unroll
-        for (int j = 0; j + w < kNTiles; j += 2 * w) m[j] = fmaxf(m[j], m[j + w]);
+        for (int w = 1; w < kNTiles; w *= 2)
+#pragma unroll
+          for (int j = 0; j + w < kNTiles; j += 2 * w) m[j] = fmaxf(m[j], m[j + w]);
+        row_max = m[0];
+      }
       // Scale before the quad reduction: with per-thread K scales the 4 lanes of a row scale differently.
-      block_max[mt][r] = (m[0] - score_bias) * scale[mt][r];  // exact subtraction; -inf stays -inf (scale > 0)
+      block_max[mt][r] = (row_max - score_bias) * scale[mt][r];  // exact subtraction; -inf stays -inf (scale > 0)
 #ifdef SAGEGEN_PROBE_NO_MAX  // ablation probe (scripts/probe_wgmma.py): no row max (a constant instead)
       block_max[mt][r] = 0.f;
 #endif
