@@ -49,8 +49,8 @@ class AttnWgmmaSpec(KernelSpec):
     s: int = prefix("s")  # shared-memory stages of K and V^T
     overlap: bool = flag("ovl", "seq")  # Q.K^T of block j+1 issued with P.V of block j (ovl), or one at a time
     pingpong: bool = flag("pp", "free")  # consumer warpgroups take turns issuing MMAs (pp), or issue freely
-    rowsum: str = word("rs")  # softmax denominator: FADDs over the fp32 p (fma), or the P.V MMA with ones (mma,
-    #                           e4m3 only: the ones rows extend the K-major V^T image)
+    rowsum: str = word("rs")  # softmax denominator: FADDs over the fp32 p (fma), or the P.V MMA with 8 columns of
+    #                           ones after V (mma; N = d + 8)
     qg: str = word("qg")  # Q scale granularity
     kg: str = word("kg")  # K scale granularity
     causal: bool = flag("causal", "full")
@@ -81,10 +81,18 @@ class AttnWgmmaSpec(KernelSpec):
         """What the quantization pass writes for V (sagegen.quant_layout)."""
         return PV_FORMATS[self.pv][1]
 
+    @property
+    def ones_bytes(self) -> int:
+        """Shared memory per stage for the MMA row sum's ones (kernel.cuh kOnesBytes): e4m3, 8 rows of n bytes under
+        the K-major V^T; fp16, a whole 64-channel slab of the MN-major V image (n rows of 128 bytes)."""
+        if self.rowsum != "mma":
+            return 0
+        return self.n * 128 if self.pv == "f16" else self.ones_rows * self.n
+
     def smem_bytes(self) -> int:
-        # Q, then per stage K, V (and, rowsum=mma, 8 rows of ones under V^T)
+        # Q, then per stage K, V (and, rowsum=mma, the ones after V)
         v_bytes = PV_FORMATS[self.pv][0]
-        tiles = self.m * self.d + self.s * (self.n * self.d + (self.d + self.ones_rows) * self.n * v_bytes)
+        tiles = self.m * self.d + self.s * (self.n * self.d + self.d * self.n * v_bytes + self.ones_bytes)
         return 1024 + tiles + 8 * (2 * self.s + 1)  # alignment slack, mbarriers
 
     def reg_estimate(self) -> int:
@@ -94,7 +102,7 @@ class AttnWgmmaSpec(KernelSpec):
         fits with FADD row sums (0 spills) and, one register short, with the MMA row sum (one 4-byte value reloaded
         per key block); every overlapped m=192 schedule with e4m3's two levels spills 32-92 bytes at d=64."""
         f16 = self.pv == "f16"
-        o, s = self.d // 2, self.n // 2
+        o, s = (self.d + (self.ones_rows if f16 else 0)) // 2, self.n // 2  # fp16: the row sums live in O
         ob, p = (0, self.n // 4) if f16 else ((self.d // self.pv_halves + self.ones_rows) // 2, self.n // 8)
         return o + ob + s + p + 24 if self.overlap else o + max(s, ob + p) + 12
 
@@ -115,10 +123,10 @@ class AttnWgmmaSpec(KernelSpec):
             raise InvalidVariant(f"n must be {N_ALIGN} (the V image's key block), got {self.n}")
         if self.rowsum not in ROW_SUMS:
             raise InvalidVariant(f"rowsum must be one of {ROW_SUMS}, got {self.rowsum!r}")
-        if self.rowsum == "mma" and self.pv != "e4m3":
-            raise InvalidVariant("rowsum=mma needs pv=e4m3 (its ones rows extend the K-major V^T image)")
         if self.rowsum == "mma" and self.pv_halves > 1:
             raise InvalidVariant("rowsum=mma needs the whole P.V in one tile; e4m3 at d=256 runs it in two halves")
+        if self.rowsum == "mma" and self.d + self.ones_rows > 256:
+            raise InvalidVariant(f"rowsum=mma at d={self.d} needs a P.V MMA with N = {self.d + self.ones_rows} > 256")
         if self.pingpong and not self.overlap:
             raise InvalidVariant("pingpong rotates overlapping consumer warpgroups: needs overlap")
         if self.s not in (2, 3, 4):

@@ -31,8 +31,10 @@ struct Config {
   static constexpr int kD = D, kBlockN = BlockN, kConsumers = Consumers, kStages = Stages;
   static constexpr bool kOverlap = Overlap;  // Q.K^T of block j + 1 issued with P.V of block j (see consume)
   static constexpr bool kPingPong = PingPong;  // consumer warpgroups take turns issuing their MMAs
-  // The softmax denominator from the P.V MMA: 8 rows of ones (e4m3 1.0) follow V^T in every stage, so the MMA's
-  // N grows by 8 and its last 8 columns hold each row's sum of P; no FADDs, no quad reduction.
+  // The softmax denominator from the P.V MMA: 8 columns of ones follow V in every stage, so the MMA's N grows by 8
+  // and its last 8 columns hold each row's sum of P; no FADDs, no quad reduction. e4m3: 8 rows of ones (1 KB)
+  // under the K-major V^T. fp16: a whole 64-channel slab of ones (16 KB) after V's slabs, where the MN-major
+  // descriptor's slab stride puts columns D..D+7; there the sums accumulate in O itself, rescaled with it.
   static constexpr bool kMmaRowSum = MmaRowSum;
   // e4m3 at d=256: O (128 registers) and a whole-block P.V tile (128 more) do not fit 240, so each block's P.V runs
   // in two 128-channel halves through one 64-register tile, each merged into its half of O before the next is
@@ -65,7 +67,9 @@ struct Config {
   static constexpr int kQkRowBytes = D == 64 ? 64 : 128;
   static constexpr int qk_step_bytes(int kk) { return (kk * 32) / kQkRowBytes * 1024 + (kk * 32) % kQkRowBytes; }
   static constexpr int kTileQ = kBlockM * D, kTileK = BlockN * D, kTileV = D * BlockN * kVBytes;  // bytes
-  static constexpr int kStageV = kTileV + kOnesRows * BlockN;  // V^T (+ the ones rows) per stage
+  static constexpr int kOnesBytes = MmaRowSum ? (PvF16 ? BlockN * 128 : kOnesRows * BlockN) : 0;
+  static constexpr int kStageV = kTileV + kOnesBytes;  // V (+ the ones) per stage
+  static constexpr int kOCols = PvF16 ? kPvN : D;  // O's accumulator columns (fp16: + the row-sum columns)
   static constexpr int kSmemBytes = 1024 /* alignment slack */ + kTileQ + Stages * (kTileK + kStageV) +
                                     8 * (2 * Stages + 1) /* mbarriers */;
   // Registers per thread after setmaxnreg: the producer keeps the minimum, the consumers take the rest of the
@@ -82,7 +86,7 @@ struct Config {
   static_assert(QTile % 16 == 0, "a thread's two rows (g, g + 8) must share one Q scale group");
   static_assert(KTile == BlockN, "K scales are per key block (or per thread within it)");
   static_assert(!PingPong || (Consumers >= 2 && Overlap), "ping-pong rotates overlapping warpgroups");
-  static_assert(!(MmaRowSum && PvF16), "the ones rows extend the e4m3 V^T image only");
+  static_assert(kPvN <= 256, "the P.V MMA's N (d + 8 with the MMA row sum) must fit one wgmma");
 };
 
 struct Params {
@@ -193,9 +197,9 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
                                      : wg::kmajor_desc<128>(sm90::smem_u32(sm.v));
   auto desc_plus = [](uint64_t desc, int bytes) { return desc + uint64_t(bytes >> 4); };
 
-  float o[kDChunks * 4];
+  float o[C::kOCols / 2];
 #pragma unroll
-  for (int i = 0; i < kDChunks * 4; ++i) o[i] = 0.f;
+  for (int i = 0; i < C::kOCols / 2; ++i) o[i] = 0.f;
   attn::RowState rows[1];          // one 16-row m-tile of attn_mma's softmax fragment per warp
   attn::RowState& st = rows[0];
   float sc[kNChunks][4];           // scores of one block: biased int32 from the MMA, then probabilities
@@ -279,7 +283,7 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
 #ifndef SAGEGEN_PROBE_NO_MMA
 #pragma unroll
       for (int kk = 0; kk < kPSteps; ++kk)
-        Mma::template pv_f16<C::kD>(pa[kk], desc_plus(v_desc, kk * 16 * 128), o);
+        Mma::template pv_f16<C::kPvN>(pa[kk], desc_plus(v_desc, kk * 16 * 128), o);
 #endif
       Mma::commit();
     } else {
@@ -308,9 +312,9 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
     __syncwarp();
     if (lane == 0) sm90::mbar_arrive(&sm.empty[stage_of(j)]);  // this warp is done with the stage
     if constexpr (!C::kPvF16) merge_pv(a, C::kPvHalves - 1);
-    if constexpr (C::kMmaRowSum) {  // column D (chunk kDChunks, element 0 of each row half) = the row's sum of P
-      st.sum[0] = fmaf(st.sum[0], a[0][0], ob[4 * kDChunks]);
-      st.sum[1] = fmaf(st.sum[1], a[0][1], ob[4 * kDChunks + 2]);
+    if constexpr (C::kMmaRowSum && !C::kPvF16) {  // column D (chunk kDChunks, element 0 of each row half) = the
+      st.sum[0] = fmaf(st.sum[0], a[0][0], ob[4 * kDChunks]);  // row's sum of P (fp16: O's own column D, read at
+      st.sum[1] = fmaf(st.sum[1], a[0][1], ob[4 * kDChunks + 2]);  // the end)
     }
   };
   // fp16 P.V accumulates into O itself: rescale O before the next block's P.V, only when a row's max moved.
@@ -318,7 +322,7 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
     if constexpr (C::kPvF16) {
       if (moved) {
 #pragma unroll
-        for (int i = 0; i < kDChunks * 4; ++i) o[i] *= a[0][(i >> 1) & 1];
+        for (int i = 0; i < C::kOCols / 2; ++i) o[i] *= a[0][(i >> 1) & 1];  // with the row-sum columns
       }
     }
   };
@@ -414,6 +418,10 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
   // compiler may not move a load above a store to O (they could alias), and one load next to each use cost two
   // dependent L2 round trips per chunk (ncu: ~6% of the stall samples at N = 4k).
   const float* v_scale = p.v_scale + bhk * C::kD;
+  if constexpr (C::kMmaRowSum && C::kPvF16) {  // the row sums accumulated in O's column D, rescaled with O
+    st.sum[0] = o[4 * kDChunks];
+    st.sum[1] = o[4 * kDChunks + 2];
+  }
   float2 vs[kDChunks];
 #pragma unroll
   for (int c = 0; c < kDChunks; ++c)
@@ -461,10 +469,11 @@ __device__ __forceinline__ void attn_fwd(const Params& p) {
     sm90::mbar_init(sm.q_full, 1);
     sm90::mbar_init_fence();
   }
-  if constexpr (C::kMmaRowSum) {  // the ones rows after every stage's V^T (bulk copies never write them)
-    for (int i = threadIdx.x; i < C::kStages * C::kOnesRows * C::kBlockN / 4; i += C::kThreads) {
-      const int stage = i / (C::kOnesRows * C::kBlockN / 4), word = i % (C::kOnesRows * C::kBlockN / 4);
-      reinterpret_cast<uint32_t*>(sm.v + stage * C::kStageV + C::kTileV)[word] = 0x38383838u;  // e4m3 1.0 x 4
+  if constexpr (C::kMmaRowSum) {  // the ones after every stage's V (bulk copies never write them)
+    constexpr uint32_t kOnes = C::kPvF16 ? 0x3C003C00u : 0x38383838u;  // fp16 1.0 x 2, e4m3 1.0 x 4
+    for (int i = threadIdx.x; i < C::kStages * C::kOnesBytes / 4; i += C::kThreads) {
+      const int stage = i / (C::kOnesBytes / 4), word = i % (C::kOnesBytes / 4);
+      reinterpret_cast<uint32_t*>(sm.v + stage * C::kStageV + C::kTileV)[word] = kOnes;
     }
     sm90::fence_async_shared();  // generic-proxy writes, read by wgmma through the async proxy
   }

@@ -58,9 +58,11 @@ template <> struct PvF16<64> { using Op = G::MMA_64x64x16_F32F16F16_RS<G::Major:
 template <> struct PvF16<128> { using Op = G::MMA_64x128x16_F32F16F16_RS<G::Major::K, G::Major::MN>; };
 template <> struct PvF16<256> { using Op = G::MMA_64x256x16_F32F16F16_RS<G::Major::K, G::Major::MN>; };
 #ifdef SAGEGEN_WGMMA_EXTENDED_N
-// Head dim + 8: V^T with 8 rows of ones appended, so the MMA also sums P (the softmax denominator).
+// Head dim + 8: V with 8 columns of ones appended, so the MMA also sums P (the softmax denominator).
 template <> struct PvE4m3<72> { using Op = G::MMA_64x72x32_F32E4M3E4M3_RS_TN<>; };
 template <> struct PvE4m3<136> { using Op = G::MMA_64x136x32_F32E4M3E4M3_RS_TN<>; };
+template <> struct PvF16<72> { using Op = G::MMA_64x72x16_F32F16F16_RS<G::Major::K, G::Major::MN>; };
+template <> struct PvF16<136> { using Op = G::MMA_64x136x16_F32F16F16_RS<G::Major::K, G::Major::MN>; };
 #endif
 
 template <class Op, class Acc, size_t... I>
@@ -93,7 +95,8 @@ struct MmaSm90 {
     fma_rs<typename PvE4m3<N>::Op>(p, vt_desc, o, accumulate ? G::ScaleOut::One : G::ScaleOut::Zero,
                                    cuda::std::make_index_sequence<N / 2>{});
   }
-  // One k16 step of O += P.V for a 64 x N tile (N = head dim); P's fragment is 4 registers of 2 fp16 each.
+  // One k16 step of O += P.V for a 64 x N tile (N = head dim, + 8 with the row sum); P's fragment is 4 registers
+  // of 2 fp16 each.
   template <int N>
   __device__ static __forceinline__ void pv_f16(const uint32_t (&p)[4], uint64_t v_desc, float (&o)[N / 2]) {
     fma_rs<typename PvF16<N>::Op>(p, v_desc, o, G::ScaleOut::One, cuda::std::make_index_sequence<N / 2>{});

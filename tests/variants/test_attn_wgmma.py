@@ -112,20 +112,37 @@ def test_only_sm90a_has_variants(arch):
 
 
 def test_enumeration_is_the_whole_declared_space_times_the_schedules():
+    """Per P.V format, with two consumer warpgroups (m=128) at d 64 / 128: every combination of tile,
+    scale-granularity pair, output dtype, causal and schedule is enumerated, except where it does not fit shared
+    memory: FP16 P.V with the MMA row sum (a 16 KB slab of ones per stage) at d=128 with four stages. No other
+    declared combination is dropped, and the drop names shared memory."""
     specs = enumerate_variants("sm90a")
-    schedules = {_schedule(s) for s in specs}
-    # per P.V format, with two consumer warpgroups (m=128): 2 head dims x tiles x scale-granularity pairs x output
-    # dtypes x causal, each with every schedule valid for the format (fp16 P.V has no MMA row sum): no other
-    # declared combination is dropped
+    names = {s.name for s in specs}
     two_wg_tiles = [t for t in TILES if t[0] == 128]
     for pv in PV_FORMATS:
         mine = [s for s in specs if s.pv == pv and s.m == 128 and s.d != 256]
         schedules = {_schedule(s) for s in mine}
-        assert len(mine) == 2 * len(two_wg_tiles) * len(GRANULARITY_PAIRS) * len(OUT_TYPES) * 2 * len(schedules)
         assert {(s.m, s.n, s.s) for s in mine} == set(two_wg_tiles)
         assert {(s.qg, s.kg) for s in mine} == set(GRANULARITY_PAIRS)
         assert {s.d for s in mine} == {64, 128} and {s.o for s in mine} == set(OUT_TYPES)
-        assert (("rowsum", "mma") in {kv for sch in schedules for kv in sch}) == (pv == "e4m3")
+        assert ("rowsum", "mma") in {kv for sch in schedules for kv in sch}  # both formats sum P on the MMA
+        template, dropped = mine[0], []
+        for d in (64, 128):
+            for m, n, st in two_wg_tiles:
+                for (qg, kg) in GRANULARITY_PAIRS:
+                    for o in OUT_TYPES:
+                        for causal in (False, True):
+                            for sch in schedules:
+                                change = dict(d=d, m=m, n=n, s=st, qg=qg, kg=kg, o=o, causal=causal, **dict(sch))
+                                try:
+                                    spec = dataclasses.replace(template, **change)
+                                except InvalidVariant as e:
+                                    assert "shared memory" in str(e), (change, e)
+                                    dropped.append(change)
+                                    continue
+                                assert spec.name in names, spec.name
+        assert all((pv, c["d"], c["s"], c["rowsum"]) == ("f16", 128, 4, "mma") for c in dropped), dropped
+        assert bool(dropped) == (pv == "f16")
     assert {(s.qk, s.pv) for s in specs} == {("i8", "e4m3"), ("i8", "f16")}
 
 
@@ -143,7 +160,7 @@ def test_head_dim_256_has_exactly_the_one_block_schedules_that_fit():
     f16 = next(s for s in d256 if s.pv == "f16")
     e4m3 = next(s for s in d256 if s.pv == "e4m3")
     for base, change, match in ((f16, dict(overlap=True), "registers"), (e4m3, dict(overlap=True), "registers"),
-                                (e4m3, dict(rowsum="mma"), "two halves"),
+                                (e4m3, dict(rowsum="mma"), "two halves"), (f16, dict(rowsum="mma"), "N = 264"),
                                 (f16, dict(m=192, qg="thread", kg="thread"), "shared memory"),  # and 160 registers
                                 (f16, dict(s=3), "shared memory"), (e4m3, dict(s=4), "shared memory")):
         with pytest.raises(InvalidVariant, match=match):
@@ -194,11 +211,18 @@ def test_shared_memory_grows_with_stages_and_head_dim():
     assert f16.smem_bytes() - e4m3.smem_bytes() == f16.s * f16.n * f16.d
 
 
-def test_fp16_pv_reads_the_fp16_v_image_and_has_no_mma_row_sum():
+def test_fp16_pv_reads_the_fp16_v_image_and_its_row_sum_ones_take_a_whole_slab():
     assert _base().v_mode == "e4m3w" and _base(rowsum="fma", pv="f16").v_mode == "f16w"
-    with pytest.raises(InvalidVariant, match="rowsum=mma needs pv=e4m3"):
-        _base(rowsum="mma", pv="f16", overlap=True)
     assert _base().threads == 384  # one producer and two consumer warpgroups
+    # The MMA row sum's ones per stage: e4m3, 8 rows of n bytes under V^T; fp16, one 64-channel slab of the
+    # MN-major image (n rows of 128 bytes), which the descriptor's slab stride reaches as columns d..d+7.
+    for pv, ones in (("e4m3", 8 * N_ALIGN), ("f16", 128 * N_ALIGN)):
+        mma, fma = _base(pv=pv, rowsum="mma"), _base(pv=pv, rowsum="fma")
+        assert mma.ones_bytes == ones and fma.ones_bytes == 0
+        assert mma.smem_bytes() - fma.smem_bytes() == mma.s * ones
+    # fp16 keeps the 8 row-sum columns in O itself: four more registers per thread
+    assert _base(pv="f16", rowsum="mma").reg_estimate() - _base(pv="f16", rowsum="fma").reg_estimate() == 4
+    assert _base(pv="f16", rowsum="mma").emulation()["row_sum"] == "pv"
 
 
 # (qg, kg) -> the SageAttention2 emulation's granularity (sagegen.reference.sage2_attention), warp_m = 16 rows
