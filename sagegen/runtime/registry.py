@@ -20,9 +20,10 @@ Heuristic (``heuristic``), used whenever nothing was measured for the key:
   * candidates are the precision's variants for (arch, d, causal, out dtype), after attn_short's for short keys;
   * attn_wgmma (sm90a) before attn_mma; per-thread scales first (as below), then the (stages, overlap, ping-pong,
     row sum) order measured on the H100/H200 per (P.V format, d, causal) (``WGMMA_PREFERRED``, BENCHMARKS.md);
-    FP8 P.V: at d=128 three consumer warpgroups (m=192) one block at a time with the row sum on the MMA, two
-    stages; at d=64 three stages with intra-warpgroup overlap and the row sum on the MMA; at d=256 (either P.V
-    format) two consumer warpgroups one block at a time, two stages: the only schedules whose registers fit;
+    FP8 P.V: at d=128 and d=64 three consumer warpgroups (m=192) one block at a time with the row sum on the
+    MMA, two stages (d=64 non-causal: the loop in two halves, no mask branch before the first masked block); at
+    d=256 (either P.V format) two consumer warpgroups one block at a time, two stages: the only schedules whose
+    registers fit;
     FP16 P.V at d=128: three consumer warpgroups one block at a time, three stages, the row sum on the MMA;
   * scale granularity per-thread Q and K first (H100, N(0,1), d=128: rel-L1 0.010-0.011 against 0.011-0.012 for
     per-warp Q / per-block K and 0.012-0.013 for per-block, at the same speed), then warp/block, then block/block;
@@ -133,8 +134,11 @@ _PP4_FMA_192 = (192, 4, True, True, "fma")
 WGMMA_PREFERRED = {
     ("e4m3", 128, False): (_SEQ_MMA_192, _FREE_MMA, _PP_FMA, _FREE_FMA, _PP_MMA, _PP4_FMA),
     ("e4m3", 128, True): (_SEQ_MMA_192, _PP_FMA, _FREE_MMA, _PP_MMA, _PP4_FMA, _FREE_FMA),
-    ("e4m3", 64, False): (_FREE_MMA, _FREE_FMA, _PP_MMA, _PP_FMA),
-    ("e4m3", 64, True): (_FREE_MMA, _FREE_FMA, _PP_MMA, _PP_FMA),
+    # e4m3 d=64 (ninth session, after the integer row max): three warpgroups one block at a time with the MMA row
+    # sum, the loop in two halves non-causal: 583-675 kernel TOPS at 4k-32k against 544-620 for the overlapped
+    # pair; causal (no split) 552-624 against 527-591 at 8k-32k (H100, medians of three same-call runs).
+    ("e4m3", 64, False): (_SEQ_MMA_192, _SEQ3_MMA_192, _FREE_MMA, _FREE_FMA, _PP_MMA, _PP_FMA),
+    ("e4m3", 64, True): (_SEQ_MMA_192, _SEQ3_MMA_192, _FREE_MMA, _FREE_FMA, _PP_MMA, _PP_FMA),
     # f16 d=128 (ninth session): the MMA row sum (a 16 KB slab of ones after V) frees the softmax of its FADDs, and
     # three warpgroups one block at a time then beat two overlapped ones from 8k keys: 780-797 kernel TOPS against
     # 749-765, causal 672-766 against 651-705 (H100, median of three same-call runs; 4k: within 2%).

@@ -56,7 +56,11 @@ struct Config {
   // for FP8 P.V at d=128, -5% for d=64 FADD row sums with ping-pong, -2% to -15% causal (the duplicated loop
   // spills 8-32 bytes at d=128 causal and doubles the code the diagonal tiles run through). So only where it wins.
 #ifndef SAGEGEN_PROBE_SPLIT_LOOP  // ablation probe (scripts/probe_wgmma.py): the two halves everywhere
-  static constexpr bool kSplitMaskLoop = !Causal && ((D == 64 && MmaRowSum) || (PvF16 && D == 128));
+  // One block at a time (ninth session, same calls): +5-15% for FP8 P.V at d=64 non-causal with the MMA row sum
+  // (three warpgroups, 4k-32k); a tie for FP16 P.V at d=128 (ptxas then spills 32 bytes) and -3% to 0 for FP8 at
+  // d=128.
+  static constexpr bool kSplitMaskLoop =
+      !Causal && (Overlap ? ((D == 64 && MmaRowSum) || (PvF16 && D == 128)) : (D == 64 && MmaRowSum && !PvF16));
 #else
   static constexpr bool kSplitMaskLoop = true;
 #endif
@@ -393,10 +397,10 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
       if (cw == 0) sm90::named_sync(1, 256);  // the last warpgroup's last hand-back
     }
   } else {
-    for (int j = 0; j < nb; ++j) {
+    auto step = [&](int j, auto check_mask) {
       issue_qk(j);
       Mma::template wait<0>();
-      rescale_o(softmax(j, alpha, MaskCheck{}), alpha);
+      rescale_o(softmax(j, alpha, check_mask), alpha);
       pack_p();
       if constexpr (C::kPvHalves == 2) {  // the first channel half through the P.V tile, then the second
         issue_pv(j, 0);
@@ -409,7 +413,13 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
       }
       Mma::template wait<0>();
       finish_pv(j, alpha);
+    };
+    int j = 0;
+    if constexpr (C::kSplitMaskLoop) {
+      const int plain_end = min(nb, attn::first_masked_block<C::kCausal, C::kBlockN>(wg_m0, p.nk, p.causal_offset));
+      for (; j < plain_end; ++j) step(j, MaskNever{});
     }
+    for (; j < nb; ++j) step(j, MaskCheck{});
   }
 
   // Epilogue: O / l (l carries the same gain as P), times V's per-channel scales (e4m3); rows < nq, columns < d.
