@@ -123,10 +123,9 @@ class AttnWgmmaSpec(KernelSpec):
             raise InvalidVariant(f"n must be {N_ALIGN} (the V image's key block), got {self.n}")
         if self.rowsum not in ROW_SUMS:
             raise InvalidVariant(f"rowsum must be one of {ROW_SUMS}, got {self.rowsum!r}")
-        if self.rowsum == "mma" and self.pv_halves > 1:
-            raise InvalidVariant("rowsum=mma needs the whole P.V in one tile; e4m3 at d=256 runs it in two halves")
-        if self.rowsum == "mma" and self.d + self.ones_rows > 256:
-            raise InvalidVariant(f"rowsum=mma at d={self.d} needs a P.V MMA with N = {self.d + self.ones_rows} > 256")
+        pv_n = self.d // self.pv_halves + self.ones_rows  # the last channel half's P.V MMA carries the ones
+        if self.rowsum == "mma" and pv_n > 256:
+            raise InvalidVariant(f"rowsum=mma at d={self.d} needs a P.V MMA with N = {pv_n} > 256")
         if self.pingpong and not self.overlap:
             raise InvalidVariant("pingpong rotates overlapping consumer warpgroups: needs overlap")
         if self.s not in (2, 3, 4):

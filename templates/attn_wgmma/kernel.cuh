@@ -40,6 +40,7 @@ struct Config {
   // in two 128-channel halves through one 64-register tile, each merged into its half of O before the next is
   // issued. Every output element still sums the same 128 keys in the FP8 accumulator: the numerics are unchanged.
   static constexpr int kPvHalves = (!PvF16 && D == 256) ? 2 : 1, kPvCols = D / kPvHalves;
+  // kPvN: the P.V MMA's N for the last channel half, whose V^T rows the ones rows follow (the only half at d <= 128)
   static constexpr int kOnesRows = MmaRowSum ? 8 : 0, kPvN = kPvCols + kOnesRows;
   static constexpr bool kPvF16 = PvF16;
   static constexpr int kVBytes = PvF16 ? 2 : 1, kPvKeyStep = PvF16 ? 16 : 32;  // V element bytes, keys per k-step
@@ -86,7 +87,7 @@ struct Config {
   using MmaOps = Mma;
   static_assert(BlockN == 128, "the V image is blocked by 128 keys");
   static_assert(D == 64 || D == 128 || D == 256, "head dim");
-  static_assert(kPvHalves == 1 || (!MmaRowSum && !Overlap), "P.V in halves: FADD row sums, one block at a time");
+  static_assert(kPvHalves == 1 || !Overlap, "P.V in halves: one block at a time");
   static_assert(QTile % 16 == 0, "a thread's two rows (g, g + 8) must share one Q scale group");
   static_assert(KTile == BlockN, "K scales are per key block (or per thread within it)");
   static_assert(!PingPong || (Consumers >= 2 && Overlap), "ping-pong rotates overlapping warpgroups");
@@ -295,8 +296,13 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
       Mma::begin();
 #ifndef SAGEGEN_PROBE_NO_MMA
 #pragma unroll
-      for (int kk = 0; kk < kPSteps; ++kk)
-        Mma::template pv<C::kPvN>(pa[kk], desc_plus(v_desc, kk * 32), ob, kk > 0);
+      for (int kk = 0; kk < kPSteps; ++kk) {
+        if (half == C::kPvHalves - 1)  // the last half reads the ones rows after it too (kMmaRowSum)
+          Mma::template pv<C::kPvN>(pa[kk], desc_plus(v_desc, kk * 32), ob, kk > 0);
+        else  // an earlier half: its own 128 channels only
+          Mma::template pv<C::kPvCols>(pa[kk], desc_plus(v_desc, kk * 32),
+                                       reinterpret_cast<float(&)[C::kPvCols / 2]>(ob), kk > 0);
+      }
 #endif
       Mma::commit();
     }
@@ -316,9 +322,10 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
     __syncwarp();
     if (lane == 0) sm90::mbar_arrive(&sm.empty[stage_of(j)]);  // this warp is done with the stage
     if constexpr (!C::kPvF16) merge_pv(a, C::kPvHalves - 1);
-    if constexpr (C::kMmaRowSum && !C::kPvF16) {  // column D (chunk kDChunks, element 0 of each row half) = the
-      st.sum[0] = fmaf(st.sum[0], a[0][0], ob[4 * kDChunks]);  // row's sum of P (fp16: O's own column D, read at
-      st.sum[1] = fmaf(st.sum[1], a[0][1], ob[4 * kDChunks + 2]);  // the end)
+    if constexpr (C::kMmaRowSum && !C::kPvF16) {  // the tile's column kPvCols (element 0 of each row half) = the
+      constexpr int kSum = 4 * (C::kPvCols / 8);      // row's sum of P (fp16: O's own column D, read at the end)
+      st.sum[0] = fmaf(st.sum[0], a[0][0], ob[kSum]);
+      st.sum[1] = fmaf(st.sum[1], a[0][1], ob[kSum + 2]);
     }
   };
   // fp16 P.V accumulates into O itself: rescale O before the next block's P.V, only when a row's max moved.
