@@ -61,7 +61,7 @@ struct Config {
   // (three warpgroups, 4k-32k); a tie for FP16 P.V at d=128 (ptxas then spills 32 bytes) and -3% to 0 for FP8 at
   // d=128.
   static constexpr bool kSplitMaskLoop =
-      !Causal && (Overlap ? ((D == 64 && MmaRowSum) || (PvF16 && D == 128)) : (D == 64 && MmaRowSum && !PvF16));
+      !Causal && ((D == 64 && MmaRowSum && !PvF16) || (Overlap && PvF16 && D == 128));
 #else
   static constexpr bool kSplitMaskLoop = true;
 #endif

@@ -5,6 +5,7 @@ dataclasses.fields, so adding a schedule flag to AttnWgmmaSpec does not break th
 """
 import copy
 import dataclasses
+import itertools
 import re
 
 import pytest
@@ -127,20 +128,16 @@ def test_enumeration_is_the_whole_declared_space_times_the_schedules():
         assert {s.d for s in mine} == {64, 128} and {s.o for s in mine} == set(OUT_TYPES)
         assert ("rowsum", "mma") in {kv for sch in schedules for kv in sch}  # both formats sum P on the MMA
         template, dropped = mine[0], []
-        for d in (64, 128):
-            for m, n, st in two_wg_tiles:
-                for (qg, kg) in GRANULARITY_PAIRS:
-                    for o in OUT_TYPES:
-                        for causal in (False, True):
-                            for sch in schedules:
-                                change = dict(d=d, m=m, n=n, s=st, qg=qg, kg=kg, o=o, causal=causal, **dict(sch))
-                                try:
-                                    spec = dataclasses.replace(template, **change)
-                                except InvalidVariant as e:
-                                    assert "shared memory" in str(e), (change, e)
-                                    dropped.append(change)
-                                    continue
-                                assert spec.name in names, spec.name
+        for d, (m, n, st), (qg, kg), o, causal, sch in itertools.product(
+                (64, 128), two_wg_tiles, GRANULARITY_PAIRS, OUT_TYPES, (False, True), schedules):
+            change = dict(d=d, m=m, n=n, s=st, qg=qg, kg=kg, o=o, causal=causal, **dict(sch))
+            try:
+                spec = dataclasses.replace(template, **change)
+            except InvalidVariant as e:
+                assert "shared memory" in str(e), (change, e)
+                dropped.append(change)
+                continue
+            assert spec.name in names, spec.name
         assert all((pv, c["d"], c["s"], c["rowsum"]) == ("f16", 128, 4, "mma") for c in dropped), dropped
         assert bool(dropped) == (pv == "f16")
     assert {(s.qk, s.pv) for s in specs} == {("i8", "e4m3"), ("i8", "f16")}
