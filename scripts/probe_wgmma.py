@@ -12,12 +12,15 @@ kernel header's hooks; the generator never sets them) and times it kernel-only o
               (the compiler moves instructions across the clock reads: phases are approximate)
   SPLIT_LOOP  the main loop in two halves (no mask branch before the first masked block) in every variant
   FLOAT_MAX   the row max on floats (one FMNMX per score) instead of the integer pipe's three-input max
-TRACE, SPLIT_LOOP and FLOAT_MAX exist in the wgmma kernel only; the mma.sync kernel (attn_mma specs) has the
-other five.
+  CHORD_EXP   P's e4m3 codes from one FFMA + FMNMX + PRMT packing (the chord of 2^x per octave), no MUFU.EX2:
+              FP8 P.V variants with the MMA row sum only; its output is a real (less accurate) attention
+TRACE, SPLIT_LOOP, FLOAT_MAX and CHORD_EXP exist in the wgmma kernel only; the mma.sync kernel (attn_mma specs)
+has the other five.
 Probes combine with '+', e.g. NO_LOAD+NO_SOFTMAX is the MMA issue rate with nothing else in the way. Outputs are
-garbage under every probe but 'none'; only the times mean something.
+garbage under every probe but 'none' and CHORD_EXP; only the times mean something. --exact prints each probe's
+rel-L1 against fp32 attention (torch SDPA on fp32 copies).
 
-usage: python3 scripts/probe_wgmma.py [--spec NAME] [--n 8192 16384] [--probes none NO_EXP ...]
+usage: python3 scripts/probe_wgmma.py [--spec NAME] [--n 8192 16384] [--probes none NO_EXP ...] [--exact]
 """
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ from sagegen.runtime import attn_wgmma as W  # noqa: E402
 from sagegen.variants import spec_from_name  # noqa: E402
 
 DEFAULT_SPEC = "attn_wgmma_sm90a_qk_i8_pv_e4m3_o_bf16_d128_m128_n128_s3_ovl_free_rs_mma_qg_thread_kg_thread_full"
-PROBES = ("NO_EXP", "NO_MAX", "NO_SOFTMAX", "NO_MMA", "NO_LOAD", "TRACE", "SPLIT_LOOP", "FLOAT_MAX")
+PROBES = ("NO_EXP", "NO_MAX", "NO_SOFTMAX", "NO_MMA", "NO_LOAD", "TRACE", "SPLIT_LOOP", "FLOAT_MAX", "CHORD_EXP")
 # the TRACE events (templates/attn_wgmma/kernel.cuh): phase i runs from event i to event i + 1
 PHASES = ("turn wait", "stage wait", "issue QK+PV", "QK wait", "softmax", "PV wait", "finish+pack")
 
@@ -103,6 +106,7 @@ def main():
     ap.add_argument("--probes", nargs="+",
                     default=["none", "NO_EXP", "NO_SOFTMAX", "NO_MMA", "NO_LOAD", "NO_LOAD+NO_SOFTMAX"])
     ap.add_argument("--out", default=os.environ.get("OUT", "/tmp/out"))
+    ap.add_argument("--exact", action="store_true", help="also print each probe's rel-L1 against fp32 attention")
     args = ap.parse_args()
     from triton.testing import do_bench
 
@@ -137,6 +141,10 @@ def main():
             flops = 4 * B * H * n * n * spec.d / (2 if spec.causal else 1)
             line = [f"n={n} {spec.name}"]
             ref = None  # the 'none' probe's output, when it runs first
+            exact = None
+            if args.exact:
+                exact = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(),
+                                                                         is_causal=spec.causal)
             for (s, probe), cubin in zip(jobs, cubins):
                 if s is not spec:
                     continue
@@ -153,13 +161,16 @@ def main():
                 if probe == "none":
                     ref = out.float().clone()
                 diff = ((out.float() - ref).abs().sum() / ref.abs().sum()).item() if ref is not None else None
+                err = ((out.float() - exact).abs().sum() / exact.abs().sum()).item() if exact is not None else None
                 ms = do_bench(lambda: kern(launch, stream, *run_ptrs), warmup=30, rep=200, return_mode="median")
                 if trace is not None:
                     rows.append({"n": n, "spec": spec.name, "probe": probe, "trace": summarize_trace(
                         trace.view(launch.grid[0], spec.consumers, nb, 8).cpu())})
                 tops = flops / (ms * 1e-3) / 1e12
-                rows.append({"n": n, "spec": spec.name, "probe": probe, "ms": ms, "tops": tops, "rel_l1_vs_none": diff})
-                line.append(f"{probe}={tops:.0f}" + (f" (vs none {diff:.1e})" if diff is not None and probe != "none" else ""))
+                rows.append({"n": n, "spec": spec.name, "probe": probe, "ms": ms, "tops": tops, "rel_l1_vs_none": diff,
+                             "rel_l1_vs_exact": err})
+                line.append(f"{probe}={tops:.0f}" + (f" (vs none {diff:.1e})" if diff is not None and probe != "none" else "")
+                            + (f" (vs exact {err:.4f})" if err is not None else ""))
             ms = do_bench(runtime, warmup=30, rep=200, return_mode="median")
             line.append(f"runtime={flops / (ms * 1e-3) / 1e12:.0f}")
             print(" | ".join(line), flush=True)

@@ -121,6 +121,22 @@ __device__ __forceinline__ bool online_softmax(float (&s)[kMTiles][kNTiles][4], 
       const float neg_ref =
           (st[mt].max[r] == kNegInf ? 0.f : -st[mt].max[r]) + log2_gain - score_bias * scale[mt][r];
       float sum[kNTiles];
+#ifdef SAGEGEN_PROBE_CHORD_EXP  // ablation probe (scripts/probe_wgmma.py): e4m3 codes of 2^x on the FMA pipe
+      // For FP8 P with the MMA row sum (no kRowSum): x = log2(448 p). The e4m3 code of 2^x, linear inside each
+      // octave, is round(8 x + 56); computed as kMagic + 256 (8 (x - 0.0436) + 56) + 128, so bits 8..15 of the
+      // float's pattern hold it (pack_p takes them with PRMT). The 0.0436 offset centres the chord's error
+      // (2^f vs 1 + f) and keeps the largest code at 126; the clamp at kMagic sends x < -7 (and -inf) to code 0.
+      if constexpr (kOrderedBits && !kRowSum) {
+        constexpr float kMagic = 12582912.f;  // 1.5 * 2^23: the float's low 23 bits hold an integer
+        const float c8 = scale[mt][r] * 2048.f, add = fmaf(neg_ref, 2048.f, kMagic + 14375.f);
+#pragma unroll
+        for (int j = 0; j < kNTiles; ++j) {
+          s[mt][j][2 * r] = fmaxf(fmaf(s[mt][j][2 * r], c8, add), kMagic);
+          s[mt][j][2 * r + 1] = fmaxf(fmaf(s[mt][j][2 * r + 1], c8, add), kMagic);
+        }
+        continue;
+      }
+#endif
 #pragma unroll
       for (int j = 0; j < kNTiles; ++j) {
         s[mt][j][2 * r] = exp2_approx(fmaf(s[mt][j][2 * r], scale[mt][r], neg_ref));

@@ -169,6 +169,11 @@ __device__ __forceinline__ void produce(const Params& p, const Smem& sm, long lo
 
 // Four e4m3 bytes, the lowest from a.
 __device__ __forceinline__ uint32_t pack_e4m3x4(float a, float b, float c, float d) {
+#ifdef SAGEGEN_PROBE_CHORD_EXP  // the softmax left each code in bits 8..15 (attn_mma/softmax.cuh): three PRMT
+  const uint32_t lo = __byte_perm(__float_as_uint(a), __float_as_uint(b), 0x0051);
+  const uint32_t hi = __byte_perm(__float_as_uint(c), __float_as_uint(d), 0x0051);
+  return __byte_perm(lo, hi, 0x5410);
+#endif
   return uint32_t(pack_e4m3x2(a, b)) | (uint32_t(pack_e4m3x2(c, d)) << 16);
 }
 
