@@ -14,8 +14,10 @@ kernel header's hooks; the generator never sets them) and times it kernel-only o
   FLOAT_MAX   the row max on floats (one FMNMX per score) instead of the integer pipe's three-input max
   CHORD_EXP   P's e4m3 codes from one FFMA + FMNMX + PRMT packing (the chord of 2^x per octave), no MUFU.EX2:
               FP8 P.V variants with the MMA row sum only; its output is a real (less accurate) attention
-TRACE, SPLIT_LOOP, FLOAT_MAX and CHORD_EXP exist in the wgmma kernel only; the mma.sync kernel (attn_mma specs)
-has the other five.
+  U8_PACK     P packed as INT8 P.V would pack it (FADD of 1.5 * 2^23, low bytes by PRMT) instead of F2FP e4m3:
+              the P-side cost of an INT8 P.V kernel (the reference's pv="int8"); FP8 P.V variants only
+TRACE, SPLIT_LOOP, FLOAT_MAX, CHORD_EXP and U8_PACK exist in the wgmma kernel only; the mma.sync kernel
+(attn_mma specs) has the other five.
 Probes combine with '+', e.g. NO_LOAD+NO_SOFTMAX is the MMA issue rate with nothing else in the way. Outputs are
 garbage under every probe but 'none' and CHORD_EXP; only the times mean something. --exact prints each probe's
 rel-L1 against fp32 attention (torch SDPA on fp32 copies).
@@ -42,7 +44,7 @@ from sagegen.runtime import attn_wgmma as W  # noqa: E402
 from sagegen.variants import spec_from_name  # noqa: E402
 
 DEFAULT_SPEC = "attn_wgmma_sm90a_qk_i8_pv_e4m3_o_bf16_d128_m128_n128_s3_ovl_free_rs_mma_qg_thread_kg_thread_full"
-PROBES = ("NO_EXP", "NO_MAX", "NO_SOFTMAX", "NO_MMA", "NO_LOAD", "TRACE", "SPLIT_LOOP", "FLOAT_MAX", "CHORD_EXP")
+PROBES = ("NO_EXP", "NO_MAX", "NO_SOFTMAX", "NO_MMA", "NO_LOAD", "TRACE", "SPLIT_LOOP", "FLOAT_MAX", "CHORD_EXP", "U8_PACK")
 # the TRACE events (templates/attn_wgmma/kernel.cuh): phase i runs from event i to event i + 1
 PHASES = ("turn wait", "stage wait", "issue QK+PV", "QK wait", "softmax", "PV wait", "finish+pack")
 

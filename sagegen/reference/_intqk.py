@@ -9,6 +9,13 @@ P.V paths (k-step = keys per mma instruction: 16 for fp16 m16n8k16, 32 for e4m3 
   "fp32": P and V unquantized, fp32 accumulation (isolates the Q.K error; no kernel does this).
   "fp16": P and V rounded to fp16; pv_accum "fp32" accumulates in fp32, "fp16" rounds an fp16 accumulator after
           every k-step and adds it into the fp32 output once per key block.
+  "int8": a study of INT8 P.V (u8 x s8 wgmma), which no kernel implements yet (perf-notes, tenth session). Each row
+          of a key block is quantized against its own largest probability p_b = max(max_j p_j, 2^-60):
+          P~ = round(255 p / p_b) (unsigned 8-bit), so every block uses the whole u8 range, however far its scores
+          sit below the running max; V is INT8 with per-channel scales amax_c / 127. The integer products of a
+          block are exact (int32: 128 * 255 * 127 < 2^31) and enter O times p_b / 255 (a kernel folds p_b into the
+          per-row rescale factor it already has). Without the per-block scale (P~ = round(255 p)) the many small
+          probabilities of long, peaked rows round to 0: rel-L1 0.11 at 16k keys with q doubled.
   "fp8":  P~ = e4m3(448 * p) (448 "offset": P in [0, 1] uses e4m3's whole range), V e4m3 with per-channel scales
           v_scale = amax_c / v_max; output = o / l * v_scale / 448. pv_accum "fp32" is SageAttention2's two-level
           accumulation: an inner accumulator of ``inner_bits`` mantissa bits (13: the FP22 accumulator the paper
@@ -25,15 +32,25 @@ from ..quant_layout import E4M3_MAX, GRANULARITIES, N_ALIGN, k_groups, padded_di
 from ._common import (causal_offset, check_choice, check_int, check_qkv, from_hnd, resolve_sm_scale)
 from ._engine import accumulate_pv, accumulator, online_attention
 from .formats import fdiv, int_max, round_e4m3, round_fp16
-from .quant import pad_fp32, q_smoothing_bias, quantize_padded, quantize_v_fp8, smooth_pad
+from .quant import pad_fp32, q_smoothing_bias, quantize_padded, quantize_v_fp8, quantize_v_int8, smooth_pad
 
-PV_MODES = ("fp32", "fp16", "fp8")
+PV_MODES = ("fp32", "fp16", "fp8", "int8")
 PV_ACCUMS = ("fp32", "fp16")
 ROUNDINGS = ("truncate", "nearest")
 # Where the softmax denominator comes from: "p" sums the fp32 probabilities (before P is quantized); "pv" takes it
 # from the P.V MMA through a column of ones appended to V (it sums the quantized P, in the MMA's accumulator).
 ROW_SUMS = ("p", "pv")
 P_MAX = E4M3_MAX
+U8_MAX = 255.0  # P's scale in the INT8 P.V study
+U8_FLOOR = 2.0 ** -60  # a block's scale never goes below this: the kernel's rescale factors stay in fp32's range
+
+
+def _u8_per_block_row(p: torch.Tensor) -> torch.Tensor:
+    """pv="int8"'s P: round(255 p / p_b) * p_b per row of the block (p_b = the row's largest p, at least 2^-60),
+    i.e. the u8 values in the units of round(255 p), so the P.V path and the ones-column row sum stay as for
+    unscaled P."""
+    p_b = p.amax(dim=-1, keepdim=True).clamp(min=U8_FLOOR)
+    return torch.round(p * fdiv(U8_MAX, p_b)) * p_b
 
 
 def check_block(value, name: str, multiple: int) -> int:
@@ -65,13 +82,13 @@ def int_qk_attention(
     check_choice(pv_accum, "pv_accum", PV_ACCUMS)
     check_choice(inner_rounding, "inner_rounding", ROUNDINGS)
     check_choice(row_sum, "row_sum", ROW_SUMS)
-    if pv == "fp32" and pv_accum != "fp32":
-        raise ValueError(f"pv_accum must be 'fp32' when pv is 'fp32' (unquantized P.V), got {pv_accum!r}")
+    if pv in ("fp32", "int8") and pv_accum != "fp32":
+        raise ValueError(f"pv_accum must be 'fp32' when pv is {pv!r} (exact accumulation), got {pv_accum!r}")
     for name, flag in (("smooth_k", smooth_k), ("smooth_q", smooth_q)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be bool, got {type(flag).__name__}")
     qmax = int_max(qk_bits)
-    k_step = 32 if pv == "fp8" else 16
+    k_step = 32 if pv in ("fp8", "int8") else 16
     block_m = check_block(block_m, "block_m", 8)
     warp_m = check_block(warp_m, "warp_m", 8)
     if block_m % warp_m:
@@ -122,6 +139,10 @@ def int_qk_attention(
     elif pv == "fp16":
         vals, quant_p = pad_fp32(v.half().float(), Kp, Dv), round_fp16
         round_acc, flush = accumulator(pv_accum), block_n
+    elif pv == "int8":  # integer products summed exactly (int32 never overflows: 128 * 255 * 127 < 2^31)
+        vals, v_scale = quantize_v_int8(v)
+        quant_p, round_acc, flush = _u8_per_block_row, None, block_n
+        out_mul = fdiv(v_scale, U8_MAX)[:, :, None, :]
     else:
         if v_max is None:
             v_max = P_MAX if pv_accum == "fp32" else fp16_accum_v_max(block_n)
@@ -139,7 +160,7 @@ def int_qk_attention(
     l_column_scale = None
     if row_sum == "pv":  # a column of ones appended to V: the P.V MMA sums the quantized P (and its accumulator)
         vals = torch.cat([vals, torch.ones_like(vals[..., :1])], dim=-1)
-        l_column_scale = 1.0 / P_MAX if pv == "fp8" else 1.0
+        l_column_scale = {"fp8": 1.0 / P_MAX, "int8": 1.0 / U8_MAX}.get(pv, 1.0)
 
     def pv_fn(p: torch.Tensor, j0: int, j1: int, o: torch.Tensor) -> torch.Tensor:
         return accumulate_pv(quant_p(p), vals[:, :, j0:j1], o, k_step=k_step, flush_keys=flush, round_acc=round_acc)

@@ -4,6 +4,8 @@
   outliers  N(0, 1) plus per-channel offsets shared by all tokens in K and V (what real models' K and V show:
             a few channels far from zero in every token). Offsets ~ N(0, 2^2), and 4 channels get +-20 more.
   heavy     Student-t with 3 degrees of freedom (heavy tails: rare very large elements blow up amax-based scales).
+  peaked    N(0, 1) with q doubled: scores spread twice as wide, so each row's mass sits on fewer keys and most of
+            its probabilities are small (what separates float from integer formats for P).
   zeros     N(0, 1) with all-zero rows (every 7th token of q, k and v), an all-zero block of q, of k and of v
             (tokens 128..255 when n >= 512, a quarter of the sequence when shorter), and an all-zero v channel:
             exercises zero scale groups and zero-amax channels.
@@ -14,6 +16,7 @@ DISTRIBUTIONS = {
     "normal": "q, k, v ~ N(0, 1)",
     "outliers": "N(0, 1) + per-channel offsets shared by all tokens in K and V (4 channels +-20)",
     "heavy": "Student-t, 3 degrees of freedom",
+    "peaked": "N(0, 1) with q doubled (sharper attention rows)",
     "zeros": "N(0, 1) with all-zero rows, 128-token blocks and a V channel",
 }
 
@@ -50,6 +53,8 @@ def make_inputs(dist: str, *, batch: int = 1, heads: int = 2, heads_kv: int | No
             chans = torch.randperm(d, generator=g)[: min(4, d)]
             off[..., chans] += 20.0 * torch.sign(randn(len(chans)))
             x += off
+    if dist == "peaked":
+        q *= 2.0
     if dist == "zeros":
         for x in (q, k, v):
             x[:, :, ::7] = 0

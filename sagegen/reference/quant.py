@@ -200,6 +200,17 @@ def quantize_v_fp8(v: torch.Tensor, *, fp8_max: float = E4M3_MAX, layout: str = 
     return Fp8VQuant(data, fdiv(amax, float(fp8_max)), N, float(fp8_max))
 
 
+def quantize_v_int8(v: torch.Tensor, *, layout: str = "HND") -> tuple[torch.Tensor, torch.Tensor]:
+    """V as INT8 with per-channel scales amax_over_tokens / 127 (the INT8 P.V study's V; no kernel uses it):
+    (values [B, H, N_pad, D] fp32 integers in [-127, 127], scale [B, H, D]). A zero channel gets scale 0."""
+    v = _check_tensor(v, "v", layout)
+    B, H, N, d = v.shape
+    vp = pad_fp32(v.float(), padded_len(N), padded_dim(d))
+    amax = vp.abs().amax(dim=-2)  # [B, H, D]
+    inv = torch.where(amax > 0, fdiv(127.0, amax), torch.zeros_like(amax))
+    return round_int(vp * inv[..., None, :], 127.0), fdiv(amax, 127.0)
+
+
 def quantize_nvfp4(x: torch.Tensor, dim: int = -1) -> Nvfp4Quant:
     """NVFP4: blocks of 16 consecutive elements along ``dim`` (whose size must be a multiple of 16), each with an
     e4m3 scale ``e4m3(amax / 6)`` and e2m1 values ``e2m1(x / scale)`` (a zero scale gives zero values).

@@ -68,7 +68,8 @@ def sage2_attention(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (out fp32 in q's layout, lse [B, Hq, Nq] fp32 natural log).
 
-    qk_format: "int8" or "int4" (symmetric [-7, 7]). pv: "fp8" (P~ = e4m3(448 p), V e4m3 per channel), "fp16",
+    qk_format: "int8" or "int4" (symmetric [-7, 7]). pv: "fp8" (P~ = e4m3(448 p), V e4m3 per channel), "int8"
+    (P~ = round(255 p), V INT8 per channel, exact accumulation: a study, no kernel), "fp16",
     or "fp32" (unquantized, isolates the Q.K error). pv_accum for "fp8": "fp32" is the two-level accumulation
     (inner accumulator with ``inner_bits`` mantissa bits -- 13 = FP22, None = exact fp32 -- rounded by
     ``inner_rounding`` after each 32-key k-step and flushed into the fp32 output every ``inner_keys`` keys,

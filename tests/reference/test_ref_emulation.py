@@ -137,6 +137,43 @@ def test_fp8_pv_row_sum_from_the_mma_divides_by_the_quantized_p():
         sage2_attention(q, k, v, row_sum="fma", **kw)
 
 
+def test_int8_pv_follows_its_definition_on_one_key_block():
+    """pv="int8": out = sum_j P_j v8_j / sum_j P_j * v_scale with P_j = round(255 p_j / max_j p_j) (one block, so
+    the per-row scale cancels) and v8 = round(v * 127 / amax_c)."""
+    q, k, v, p, _, _ = _one_fp8_block(227)
+    pq = torch.round(255 * p.double() / p.double().amax(-1, keepdim=True))
+    v8, v_scale = Q.quantize_v_int8(v)
+    assert v8.abs().max() == 127 and torch.equal(v8, v8.round())
+    ref = pq @ v8[:, :, :64].double() / pq.sum(-1, keepdim=True) * v_scale[:, :, None].double()
+    kw = dict(granularity="thread", block_m=64, warp_m=16, block_n=64)
+    out, _ = sage2_attention(q, k, v, pv="int8", row_sum="pv", **kw)
+    assert rel_l1(out, ref) < 1e-5
+    with pytest.raises(ValueError, match="pv_accum"):
+        sage2_attention(q, k, v, pv="int8", pv_accum="fp16", **kw)
+
+
+def test_int8_pv_scales_each_block_row_to_its_own_maximum():
+    """A block far below the running max keeps its resolution. Two blocks, the second one's scores ~10.8 log2 units
+    lower: round(255 p) would make all of its P zero (255 * 2^-10.8 < 0.5), per-block scaling keeps them, and the
+    output matches exact attention to the u8 rounding."""
+    torch.manual_seed(228)
+    q = torch.zeros(1, 1, 1, 64)
+    q[..., 0] = 1.0
+    k = torch.zeros(1, 1, 128, 64)
+    k[0, 0, :64, 0] = 60.0 + torch.rand(64)  # block 0: large scores
+    k[0, 0, 64:, 0] = torch.rand(64)         # block 1: 60 / 8 * log2(e) = 10.8 log2 units lower (sm_scale 1/8)
+    v = torch.zeros(1, 1, 128, 64)
+    v[0, 0, 64:, 1] = 1000.0  # only block 1 writes channel 1
+    v[0, 0, :64, 2] = 1.0
+    t = (q[0, 0, 0] @ k[0, 0].T) / 8 * math.log2(math.e)
+    assert torch.round(255 * torch.exp2(t[64:] - t.max())).max() == 0  # what unscaled u8 P would keep of block 1
+    kw = dict(granularity="thread", block_m=64, warp_m=16, block_n=64, smooth_k=False, row_sum="pv")
+    out, _ = sage2_attention(q, k, v, pv="int8", **kw)
+    ref, _ = attention_exact(q, k, v)
+    assert ref[0, 0, 0, 1] > 0.1  # block 1 matters
+    assert abs(out[0, 0, 0, 1] - ref[0, 0, 0, 1]) / ref[0, 0, 0, 1] < 0.02
+
+
 def test_fp16_accumulator_bound_is_tight():
     assert [fp16_accum_v_max(b) for b in (32, 64, 128)] == [4.5, 2.25, 1.125]
     p = torch.full((1, 64), 448.0)  # every p = 1: the largest sum the accumulator can see
@@ -172,6 +209,8 @@ def normal_case():
     (sage2_attention, {"granularity": "warp"}, 0.999, (0.025, 0.06)),
     (sage2_attention, {"granularity": "thread"}, 0.999, (0.025, 0.06)),
     (sage2pp_attention, {}, 0.999, (0.025, 0.06)),
+    # INT8 P.V (a study): finer than e4m3 on N(0, 1) rows, coarser on peaked ones (perf-notes, tenth session)
+    (sage2_attention, {"pv": "int8", "row_sum": "pv"}, 0.9995, (0.01, 0.03)),
     # INT4 Q.K and NVFP4: far coarser
     (sage2_attention, {"qk_format": "int4", "smooth_q": True}, 0.97, (0.1, 0.3)),
     (sage3_attention, {}, 0.975, (0.1, 0.3)),
