@@ -16,7 +16,8 @@ kernel header's hooks; the generator never sets them) and times it kernel-only o
               FP8 P.V variants with the MMA row sum only; its output is a real (less accurate) attention
   U8_PACK     P packed as INT8 P.V would pack it (FADD of 1.5 * 2^23, low bytes by PRMT) instead of F2FP e4m3:
               the P-side cost of an INT8 P.V kernel (the reference's pv="int8"); FP8 P.V variants only
-TRACE, SPLIT_LOOP, FLOAT_MAX, CHORD_EXP and U8_PACK exist in the wgmma kernel only; the mma.sync kernel
+  U8_PACK_F16 the same codes through f16x2 (1024 + x rounds x in f16): two F2FP + two HADD2 + one PRMT per four
+TRACE, SPLIT_LOOP, FLOAT_MAX, CHORD_EXP, U8_PACK and U8_PACK_F16 exist in the wgmma kernel only; the mma.sync kernel
 (attn_mma specs) has the other five.
 Probes combine with '+', e.g. NO_LOAD+NO_SOFTMAX is the MMA issue rate with nothing else in the way. Outputs are
 garbage under every probe but 'none' and CHORD_EXP; only the times mean something. --exact prints each probe's
@@ -44,7 +45,8 @@ from sagegen.runtime import attn_wgmma as W  # noqa: E402
 from sagegen.variants import spec_from_name  # noqa: E402
 
 DEFAULT_SPEC = "attn_wgmma_sm90a_qk_i8_pv_e4m3_o_bf16_d128_m128_n128_s3_ovl_free_rs_mma_qg_thread_kg_thread_full"
-PROBES = ("NO_EXP", "NO_MAX", "NO_SOFTMAX", "NO_MMA", "NO_LOAD", "TRACE", "SPLIT_LOOP", "FLOAT_MAX", "CHORD_EXP", "U8_PACK")
+PROBES = ("NO_EXP", "NO_MAX", "NO_SOFTMAX", "NO_MMA", "NO_LOAD", "TRACE", "SPLIT_LOOP", "FLOAT_MAX", "CHORD_EXP",
+          "U8_PACK", "U8_PACK_F16")
 # the TRACE events (templates/attn_wgmma/kernel.cuh): phase i runs from event i to event i + 1
 PHASES = ("turn wait", "stage wait", "issue QK+PV", "QK wait", "softmax", "PV wait", "finish+pack")
 

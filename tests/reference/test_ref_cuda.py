@@ -31,7 +31,8 @@ def test_quantizers_are_bit_identical_on_cuda():
 
 @pytest.mark.parametrize("fn,kwargs", [
     (sage1_attention, {}), (sage1_attention, {"pv_accum": "fp16"}), (sage2_attention, {"smooth_q": True}),
-    (sage2_attention, {"qk_format": "int4"}), (sage2pp_attention, {}), (sage3_attention, {})])
+    (sage2_attention, {"qk_format": "int4"}), (sage2_attention, {"pv": "int8", "row_sum": "pv"}),
+    (sage2pp_attention, {}), (sage3_attention, {})])
 def test_emulations_agree_with_the_cpu(fn, kwargs):
     q, k, v = qkv(401, b=1, hq=4, hkv=2, nq=512, nk=700, d=128)
     cpu, cpu_lse = fn(q, k, v, causal=True, **kwargs)
