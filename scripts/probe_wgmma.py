@@ -171,10 +171,11 @@ def main():
                     rows.append({"n": n, "spec": spec.name, "probe": probe, "trace": summarize_trace(
                         trace.view(launch.grid[0], spec.consumers, nb, 8).cpu())})
                 tops = flops / (ms * 1e-3) / 1e12
-                rows.append({"n": n, "spec": spec.name, "probe": probe, "ms": ms, "tops": tops, "rel_l1_vs_none": diff,
-                             "rel_l1_vs_exact": err})
-                line.append(f"{probe}={tops:.0f}" + (f" (vs none {diff:.1e})" if diff is not None and probe != "none" else "")
-                            + (f" (vs exact {err:.4f})" if err is not None else ""))
+                rows.append({"n": n, "spec": spec.name, "probe": probe, "ms": ms, "tops": tops,
+                             "rel_l1_vs_none": diff, "rel_l1_vs_exact": err})
+                vs_none = f" (vs none {diff:.1e})" if diff is not None and probe != "none" else ""
+                vs_exact = f" (vs exact {err:.4f})" if err is not None else ""
+                line.append(f"{probe}={tops:.0f}{vs_none}{vs_exact}")
             ms = do_bench(runtime, warmup=30, rep=200, return_mode="median")
             line.append(f"runtime={flops / (ms * 1e-3) / 1e12:.0f}")
             print(" | ".join(line), flush=True)

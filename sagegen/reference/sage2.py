@@ -69,13 +69,14 @@ def sage2_attention(
     """Returns (out fp32 in q's layout, lse [B, Hq, Nq] fp32 natural log).
 
     qk_format: "int8" or "int4" (symmetric [-7, 7]). pv: "fp8" (P~ = e4m3(448 p), V e4m3 per channel), "int8"
-    (P~ = round(255 p), V INT8 per channel, exact accumulation: a study, no kernel), "fp16",
+    (P~ = round(255 p / p_b), p_b each block row's largest p; V INT8 per channel; exact accumulation: a study, no
+    kernel), "fp16",
     or "fp32" (unquantized, isolates the Q.K error). pv_accum for "fp8": "fp32" is the two-level accumulation
     (inner accumulator with ``inner_bits`` mantissa bits -- 13 = FP22, None = exact fp32 -- rounded by
     ``inner_rounding`` after each 32-key k-step and flushed into the fp32 output every ``inner_keys`` keys,
     default block_n); "fp16" is SageAttention2++ (see sage2pp). row_sum: "p" (the softmax denominator sums the fp32
-    probabilities) or "pv" (it comes out of the P.V MMA through a column of ones in V: the sum of the quantized P). For "fp16" P.V, pv_accum picks fp32 or an fp16
-    accumulator flushed per key block.
+    probabilities) or "pv" (it comes out of the P.V MMA through a column of ones in V: the sum of the quantized
+    P). For "fp16" P.V, pv_accum picks fp32 or an fp16 accumulator flushed per key block.
     """
     return int_qk_attention(
         q, k, v, causal=causal, causal_align=causal_align, sm_scale=sm_scale, layout=layout,

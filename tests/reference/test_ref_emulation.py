@@ -209,7 +209,7 @@ def normal_case():
     (sage2_attention, {"granularity": "warp"}, 0.999, (0.025, 0.06)),
     (sage2_attention, {"granularity": "thread"}, 0.999, (0.025, 0.06)),
     (sage2pp_attention, {}, 0.999, (0.025, 0.06)),
-    # INT8 P.V (a study): finer than e4m3 on N(0, 1) rows, coarser on peaked ones (perf-notes, tenth session)
+    # INT8 P.V (a study): finer than e4m3 on N(0, 1) (coarser on heavy-tailed V; perf-notes, tenth session)
     (sage2_attention, {"pv": "int8", "row_sum": "pv"}, 0.9995, (0.01, 0.03)),
     # INT4 Q.K and NVFP4: far coarser
     (sage2_attention, {"qk_format": "int4", "smooth_q": True}, 0.97, (0.1, 0.3)),
