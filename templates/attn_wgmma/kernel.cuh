@@ -170,9 +170,9 @@ __device__ __forceinline__ void produce(const Params& p, const Smem& sm, long lo
 // Four e4m3 bytes, the lowest from a.
 __device__ __forceinline__ uint32_t pack_e4m3x4(float a, float b, float c, float d) {
 #ifdef SAGEGEN_PROBE_U8_PACK  // the P packing of an INT8 P.V (perf-notes, tenth session): round to an integer by
-  // adding 1.5 * 2^23 (the low byte of the float's pattern), then three PRMT; the values are wrong for e4m3 V
-  const uint32_t ua = __float_as_uint(a + 12582912.f), ub = __float_as_uint(b + 12582912.f);
-  const uint32_t uc = __float_as_uint(c + 12582912.f), ud = __float_as_uint(d + 12582912.f);
+  // adding kScoreBias = 1.5 * 2^23 (the low byte of the float's pattern), then three PRMT; wrong values for e4m3 V
+  const uint32_t ua = __float_as_uint(a + kScoreBias), ub = __float_as_uint(b + kScoreBias);
+  const uint32_t uc = __float_as_uint(c + kScoreBias), ud = __float_as_uint(d + kScoreBias);
   return __byte_perm(__byte_perm(ua, ub, 0x0040), __byte_perm(uc, ud, 0x0040), 0x5410);
 #endif
 #ifdef SAGEGEN_PROBE_U8_PACK_F16  // the same through f16x2: 1024 + x in f16 rounds x to an integer in the low bits
