@@ -26,12 +26,19 @@ attention kernel can copy whole tiles with 1-D bulk copies (cp.async.bulk). Scal
                                               accumulator where the P.V wgmma expects them, without shuffles), then
                                               16-byte chunk s of the row is stored at s ^ (c % 8) (128-byte swizzle).
                                               Values and per-channel scales are those of V e4m3.
+  V int8 image    [B, H, N_pad/128, D, 128]   v mode i8w: the byte layout of the V e4m3 image, holding u8 = 128 +
+                                              V_c = round_half_even(v * (127 / amax_c)) clamped to [-127, 127],
+                                              with per-channel scale [B, H, D] = amax_c / 127 (0 and values 0 for
+                                              an all-zero channel): sagegen.reference.quantize_v_int8's values + 128
+                                              (u8; the u8 x u8 P.V wgmma then sums non-negative products),
+                                              transposed to [D, N_pad] and passed through v_to_image.
   V fp16 image    [B, H, N_pad/128, D/64,     v mode f16w: the values of V fp16, cut into 128-key blocks and 64-channel
                    128, 64]                   slabs; in a slab, key row r's 16-byte chunk c (channels 8c..8c+7) is
                                               stored at chunk c ^ (r % 8) (128-byte swizzle). The FP16 P.V wgmma reads
                                               a block as its MN-major (channel-contiguous) B operand: no transpose, and
                                               the fp16 P fragment comes straight from the Q.K^T accumulator.
-qk_to_image / v_to_image / v_f16_to_image below build these from the plain buffers; *_from_image invert them.
+qk_to_image / v_to_image / v_f16_to_image below build these from the plain buffers; *_from_image invert them
+(v_to_image / v_from_image move bytes: e4m3 and int8 alike).
 """
 from __future__ import annotations
 
@@ -183,7 +190,7 @@ def _v_dest(D: int, device):
 
 
 def v_to_image(vt):
-    """Plain V e4m3 buffer [..., D, N_pad] (transposed) -> image [..., N_pad/128, D, 128]."""
+    """Plain V 8-bit buffer (e4m3 or int8) [..., D, N_pad] (transposed) -> image [..., N_pad/128, D, 128]."""
     import torch
 
     D, n_pad = vt.shape[-2:]

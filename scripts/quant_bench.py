@@ -1,6 +1,6 @@
 """Time the quantization passes alone (stats + qkv, each V mode) against the copy bandwidth. Dev tool.
 
-usage: python3 scripts/quant_bench.py [--n 8192 16384] [--d 128 64] [--v f16 f16w e4m3w]
+usage: python3 scripts/quant_bench.py [--n 8192 16384] [--d 128 64] [--v f16 f16w e4m3w i8w]
 """
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, nargs="+", default=[8192, 16384])
     ap.add_argument("--d", type=int, nargs="+", default=[128, 64])
-    ap.add_argument("--v", nargs="+", default=["f16", "e4m3w"], choices=["f16", "f16w", "e4m3w"],
-                    help="V modes to time (f16w, e4m3w: Q, K and V in the wgmma operand images)")
+    ap.add_argument("--v", nargs="+", default=["f16", "e4m3w"], choices=["f16", "f16w", "e4m3w", "i8w"],
+                    help="V modes to time (f16w, e4m3w, i8w: Q, K and V in the wgmma operand images)")
     a = ap.parse_args()
     B, H = 4, 32
     x = torch.empty(1 << 29, device="cuda", dtype=torch.bfloat16)
@@ -38,8 +38,8 @@ def main():
                 fn = lambda: quantize(q, k, v, layout="HND", q_groups=ScaleGroups(16, 8),
                                       k_groups=ScaleGroups(128, 4), v_mode=mode, qk_image=image)
                 ms = do_bench(fn, return_mode="median")
-                fp8 = mode == "e4m3w"
-                moved = el * 2 * (2 if fp8 else 1) + el * 2 * 3 + el * 2 + el * (1 if fp8 else 2)
+                v8 = mode in ("e4m3w", "i8w")  # 8-bit V: the stats pass reads V too, the qkv pass writes 1 byte
+                moved = el * 2 * (2 if v8 else 1) + el * 2 * 3 + el * 2 + el * (1 if v8 else 2)
                 print(f"d={d} n={n} v={mode}: {ms * 1e3:.0f} us, {moved / ms / 1e6:.0f} GB/s "
                       f"({100 * moved / ms / 1e6 / copy:.0f}% of copy)", flush=True)
 

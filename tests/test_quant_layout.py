@@ -120,6 +120,16 @@ def test_v_image_round_trips_fp8_bytes(D):
     assert back.shape == vt.shape and torch.equal(back.view(torch.uint8), vt.view(torch.uint8))
 
 
+@pytest.mark.parametrize("D", [64, 128, 256])
+def test_v_image_of_int8_is_the_fp8_image_of_the_same_bytes(D):
+    """v mode i8w: int8 V in the e4m3 image's byte layout; the image functions move int8 as they move e4m3."""
+    vt = torch.randint(-127, 128, (2, 3, D, 384), generator=torch.Generator().manual_seed(D), dtype=torch.int8)
+    img = v_to_image(vt)
+    assert img.shape == (2, 3, 3, D, 128) and img.dtype == torch.int8
+    assert torch.equal(img.view(torch.uint8), v_to_image(vt.view(torch.float8_e4m3fn)).view(torch.uint8))
+    assert torch.equal(v_from_image(img), vt)
+
+
 def test_v_image_needs_whole_key_blocks():
     with pytest.raises(ValueError, match="128"):
         v_to_image(torch.zeros(64, 100, dtype=torch.uint8))

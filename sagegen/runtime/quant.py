@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from ..quant_layout import N_ALIGN, V_SLAB, ScaleGroups, padded_dim, padded_len
-from ..variants.quant import QuantSpec
+from ..variants.quant import SCALED_V_MODES, QuantSpec
 from . import launch as L
 from .device import device_arch, stream_handle
 from .workspace import carve
@@ -27,9 +27,9 @@ class Quantized:
     k8: torch.Tensor  # [B, Hkv, nk_pad, D] int8 (smoothed; plain or image, as q8)
     k_scale: torch.Tensor
     v: torch.Tensor | None  # fp16 [B, Hkv, nk_pad, D], e4m3 [B, Hkv, D, nk_pad], e4m3 image
-    #                         [B, Hkv, nk_pad/128, D, 128], fp16 image [B, Hkv, nk_pad/128, D/64, 128, 64],
-    #                         or None (use the input V)
-    v_scale: torch.Tensor | None  # [B, Hkv, D] for e4m3
+    #                         [B, Hkv, nk_pad/128, D, 128], int8 + 128 (u8) in that image (i8w), fp16 image
+    #                         [B, Hkv, nk_pad/128, D/64, 128, 64], or None (use the input V)
+    v_scale: torch.Tensor | None  # [B, Hkv, D] for e4m3 and int8
     qk_bias: torch.Tensor | None  # [B, Hq, nq] fp32: q . mean(k)
     nq: int
     nk: int
@@ -64,7 +64,9 @@ def _vector_ready(x: torch.Tensor) -> torch.Tensor:
 def quantize(q, k, v, *, layout: str, q_groups: ScaleGroups, k_groups: ScaleGroups, v_mode: str,
              with_qk_bias: bool = False, qk_image: bool = False) -> Quantized:
     """Run both passes. ``v_mode``: none (attention reads the input V), f16, e4m3t, e4m3w or f16w (e4m3 or fp16
-    in the wgmma operand image). ``qk_image``: write Q and K in their operand image; see sagegen.quant_layout."""
+    in the wgmma operand image), i8w (INT8 with per-channel scales amax / 127, stored offset by 128 as u8 in
+    e4m3w's byte layout).
+    ``qk_image``: write Q and K in their operand image; see sagegen.quant_layout."""
     q, k, v = _vector_ready(q), _vector_ready(k), _vector_ready(v)
     hd = 1 if layout == "HND" else 2
     nd = 2 if layout == "HND" else 1
@@ -94,7 +96,7 @@ BUFFERS = ("ksum", "vamax", "q8", "q_scale", "k8", "k_scale", "v", "v_scale", "q
 
 
 def v_buffers(v_mode: str, B: int, Hkv: int, nk_pad: int, D: int) -> dict:
-    """The V buffers (name -> (shape, dtype)) a V mode writes: "v" and, for FP8 V, "v_scale". Also the fake
+    """The V buffers (name -> (shape, dtype)) a V mode writes: "v" and, for 8-bit V, "v_scale". Also the fake
     kernel's shapes (ops.py), so sizes may be SymInts."""
     if v_mode == "f16":
         return {"v": ((B, Hkv, nk_pad, D), torch.float16)}
@@ -103,6 +105,8 @@ def v_buffers(v_mode: str, B: int, Hkv: int, nk_pad: int, D: int) -> dict:
     if v_mode == "e4m3w":
         return {"v": ((B, Hkv, nk_pad // N_ALIGN, D, N_ALIGN), torch.float8_e4m3fn),
                 "v_scale": ((B, Hkv, D), torch.float32)}
+    if v_mode == "i8w":
+        return {"v": ((B, Hkv, nk_pad // N_ALIGN, D, N_ALIGN), torch.uint8), "v_scale": ((B, Hkv, D), torch.float32)}
     if v_mode == "f16w":
         return {"v": ((B, Hkv, nk_pad // N_ALIGN, D // V_SLAB, N_ALIGN, V_SLAB), torch.float16)}
     if v_mode == "none":
@@ -120,13 +124,13 @@ class QuantPlan:
         D = padded_dim(d)
         nq_pad, nk_pad = padded_len(nq), padded_len(nk)
         rows_per_split = max(N_ALIGN, -(-nk // _STATS_SPLITS))
-        fp8_v = v_mode == "e4m3t" or v_mode == "e4m3w"
+        scaled_v = v_mode in SCALED_V_MODES  # 8-bit V: per-channel scales from V's amax (the stats pass's)
         # Every key in one chunk and no Q.mean(K) to compute: the qkv pass's K and V CTAs take the statistics from
         # their own rows (splits = 0), one launch instead of two (the hot path of short sequences).
         self.local_stats = nk <= N_ALIGN and not with_qk_bias
         splits = 0 if self.local_stats else -(-nk // rows_per_split)
         self.D = D
-        self.stats = _quant_spec(arch, "stats", x, "e4m3t" if fp8_v else "none", D)  # e4m3w: the same V amax
+        self.stats = _quant_spec(arch, "stats", x, "e4m3t" if scaled_v else "none", D)  # e4m3w, i8w: same amax
         self.qkv = _quant_spec(arch, "qkv", x, v_mode, D)
         self.stats_grid = (splits, Hkv, B)
         self.stats_ints = (Hkv, nk, d, rows_per_split)
@@ -137,7 +141,7 @@ class QuantPlan:
         buffers = {}
         if not self.local_stats:
             buffers["ksum"] = ((B, Hkv, splits, D), f32)
-            if fp8_v:
+            if scaled_v:
                 buffers["vamax"] = ((B, Hkv, splits, D), f32)
         buffers["q8"] = ((B, Hq, nq_pad, D), torch.int8)
         buffers["q_scale"] = ((B, Hq, q_groups.count(nq)), f32)

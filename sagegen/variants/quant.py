@@ -1,10 +1,10 @@
 """The quantization family: the passes every attention family runs before its kernel (see sagegen.quant_layout).
 
-  op=stats  one read of K (and of V when V goes to FP8): per-split partial channel sums of K (for smoothing)
-            and partial channel amax of V (for its per-channel FP8 scales).
+  op=stats  one read of K (and of V when V goes to 8 bits): per-split partial channel sums of K (for
+            smoothing) and partial channel amax of V (for its per-channel FP8 / INT8 scales).
   op=qkv    one read of Q, K and V: INT8 Q and K (K smoothed) with scales at run-time granularity, and V cast
-            to fp16 (f16, or its wgmma operand image f16w) or quantized to FP8 e4m3 transposed (e4m3t, or its
-            wgmma operand image e4m3w). Q and K
+            to fp16 (f16, or its wgmma operand image f16w), quantized to FP8 e4m3 transposed (e4m3t, or its
+            wgmma operand image e4m3w), or quantized to INT8 in the e4m3w image's byte layout (i8w). Q and K
             go to their operand image when the run-time flag qk_image is set.
 Group sizes (tile rows, scales per tile) are run-time arguments, so one compiled variant serves every attention
 tile shape; the head dim and dtypes are compile-time (they set vector widths and register use).
@@ -19,8 +19,12 @@ from ..quant_layout import HEAD_DIMS
 from .spec import KernelSpec, build_valid, word, prefix
 
 CUDA_TYPES = {"f16": "__half", "bf16": "__nv_bfloat16"}
-# e4m3w / f16w: the wgmma operand images of e4m3t / f16 (sagegen.quant_layout)
-V_MODES = ("none", "f16", "e4m3t", "e4m3w", "f16w")
+# e4m3w / f16w: the wgmma operand images of e4m3t / f16 (sagegen.quant_layout); i8w: INT8 V (per-channel scale
+# amax / 127, reference.quantize_v_int8) in e4m3w's byte layout, each value stored + 128 as u8 (what the u8 x u8
+# P.V wgmma reads)
+V_MODES = ("none", "f16", "e4m3t", "e4m3w", "f16w", "i8w")
+# V modes with per-channel scales from V's amax over all tokens: the stats pass for them is the v=e4m3t one
+SCALED_V_MODES = ("e4m3t", "e4m3w", "i8w")
 
 
 @dataclass(frozen=True)
@@ -44,9 +48,9 @@ class QuantSpec(KernelSpec):
         if self.v not in V_MODES:
             raise InvalidVariant(f"v must be one of {V_MODES}, got {self.v!r}")
         if self.op == "stats" and self.v in ("f16", "f16w"):
-            raise InvalidVariant("stats needs no V unless V goes to FP8 (use v=none)")
-        if self.op == "stats" and self.v == "e4m3w":
-            raise InvalidVariant("stats for v=e4m3w is the v=e4m3t one (same V amax; use v=e4m3t)")
+            raise InvalidVariant("stats needs no V unless V goes to 8 bits (use v=none)")
+        if self.op == "stats" and self.v in ("e4m3w", "i8w"):
+            raise InvalidVariant(f"stats for v={self.v} is the v=e4m3t one (same V amax; use v=e4m3t)")
         if self.d not in HEAD_DIMS:
             raise InvalidVariant(f"d must be one of {HEAD_DIMS}, got {self.d}")
 

@@ -67,7 +67,7 @@ __device__ void stats(Tensor4 k, Tensor4 v, int H, int n, int d, int rows_per_sp
   }
 }
 
-// ---- pass 2: INT8 Q, INT8 smoothed K, V cast or FP8-transposed ---------------------------------------------------
+// ---- pass 2: INT8 Q, INT8 smoothed K, V cast or 8-bit-transposed (e4m3 or int8) --------------------------------
 struct QkvArgs {
   Tensor4 q, k, v;
   int Hq, Hkv, nq, nk, d, nq_pad, nk_pad;  // Q and K/V lengths may differ (cross attention, KV cache)
@@ -76,11 +76,11 @@ struct QkvArgs {
                                      // and its CTA takes K's mean / V's amax from its own rows (local_stats)
   int qk_image;                      // Q/K in the wgmma operand image (quant_layout.qk_to_image)
   const float* ksum;                 // [B, Hkv, splits, D]
-  const float* vamax;                // [B, Hkv, splits, D] (FP8 V only)
+  const float* vamax;                // [B, Hkv, splits, D] (8-bit V only: e4m3 or int8, per-channel scales)
   int8_t* q8; float* q_scale;        // [B, Hq, n_pad, D], [B, Hq, n_pad/q_tile*q_sub]
   int8_t* k8; float* k_scale;
   void* v_out; float* v_scale;       // fp16 [B, Hkv, n_pad, D], e4m3 [B, Hkv, D, n_pad] or its image
-                                     // [B, Hkv, n_pad/128, D, 128]; scales [B, Hkv, D]
+                                     // [B, Hkv, n_pad/128, D, 128], int8 in that image; scales [B, Hkv, D]
   float* qk_bias;                    // optional [B, Hq, nq]: q . mean(k), to restore the LSE after smoothing
 };
 
@@ -260,23 +260,53 @@ __device__ void cast_v_f16_chunk(const QkvArgs& a, int chunk_id) {
   }
 }
 
-// The four keys whose e4m3 bytes are consecutive at byte 4G of a channel row (G = 0..31): plain rows 4G..4G+3.
-// The image puts key k = 32g+16h+8a+2t+e at byte 32g+16h+4t+2a+e (quant_layout.v_key_position), so that the FP8 P
-// fragment a thread packs from its wgmma accumulator (keys 2t+e, 8+2t+e of each 16) meets V in the order the P.V
-// wgmma reads, with no shuffles: keys 32g+16h+2t+{0,1,8,9} land at 4G for G = 8g+4h+t.
+// The four keys whose 8-bit (e4m3 or int8) bytes are consecutive at byte 4G of a channel row (G = 0..31): plain
+// rows 4G..4G+3. The image puts key k = 32g+16h+8a+2t+e at byte 32g+16h+4t+2a+e (quant_layout.v_key_position), so
+// that the 8-bit P fragment a thread packs from its wgmma accumulator (keys 2t+e, 8+2t+e of each 16) meets V in the
+// order the P.V wgmma reads, with no shuffles: keys 32g+16h+2t+{0,1,8,9} land at 4G for G = 8g+4h+t.
 template <bool kImage> __device__ __forceinline__ int v_group_key(int G, int j) {
   if constexpr (kImage) return (G & ~3) * 4 + (G & 3) * 2 + (j & 1) + (j & 2) * 4;
   else return 4 * G + j;
 }
 
-// One 128-key chunk of V -> e4m3 with per-channel scales, transposed through shared memory. kImage = false: plain
-// [D, n_pad] rows; true: the wgmma image [n_pad/128, D, 128] (keys at v_group_key's positions, 16-byte chunks
-// 128-byte swizzled).
+// The element formats of 8-bit V (per-channel scale amax_c / kMax, values v * (kMax / amax_c) encoded).
+// pack4 encodes four values of one channel (keys j = 0..3 of a group, already multiplied by the inverse scale) into
+// the four bytes of a 32-bit word, key 0 in the low byte.
+enum class V8 { kE4m3, kInt8 };
+template <V8 F> struct V8Format;
+template <> struct V8Format<V8::kE4m3> {  // round to nearest even, saturating to +-448; NaN stays NaN (0x7f)
+  static __device__ __forceinline__ uint32_t pack4(float a, float b, float c, float d) {
+    return uint32_t(pack_e4m3x2(a, b)) | (uint32_t(pack_e4m3x2(c, d)) << 16);
+  }
+};
+// INT8 as sagegen.reference.quantize_v_int8: round half to even, clamped to [-127, 127]. For a finite amax_c > 0
+// with a finite inverse, |v * inv| <= 127 (1 + 2^-23) < 127.5, so the clamp never acts and int8x4_rn's rounding is
+// the reference's exactly. It acts where the inverse or the values are not finite: +-inf -> +-127 (the
+// reference's clamp; a bf16 channel with 0 < amax_c < 127 / FLT_MAX has inv = +inf), and NaN -> -127 (fmaxf keeps
+// the number; the reference's value is NaN, which int8 cannot hold). Two FMNMX per value (the conversion itself is
+// one FADD and 3/4 PRMT). Stored offset by 128 (each byte the u8 value + 128, one XOR of the sign bits): the
+// attention kernel's u8 x u8 P.V wgmma then sums only non-negative products (attn_wgmma/kernel.cuh, kPvI8).
+template <> struct V8Format<V8::kInt8> {
+  static __device__ __forceinline__ float clamp(float x) { return fminf(fmaxf(x, -127.f), 127.f); }
+  static __device__ __forceinline__ uint32_t pack4(float a, float b, float c, float d) {
+    return int8x4_rn(clamp(a), clamp(b), clamp(c), clamp(d)) ^ 0x80808080u;
+  }
+};
+
+// One 128-key chunk of V -> 8-bit format F (e4m3 or int8) with per-channel scales, transposed through shared
+// memory. kImage = false: plain [D, n_pad] rows; true: the wgmma image [n_pad/128, D, 128] (keys at v_group_key's
+// positions, 16-byte chunks 128-byte swizzled). Both formats have the same byte layout; only the encoding differs.
+// Scale amax_c / kMax and inverse kMax / amax_c, both IEEE divisions (the reference's formats.fdiv). amax_c = 0:
+// scale 0, inverse 0 (values 0). NaN amax_c: scale NaN and inverse NaN (values NaN in e4m3, -127 in int8: the
+// channel dequantizes to NaN either way). amax_c = +inf: scale inf, inverse 0 (finite values 0, +-inf ones NaN in
+// e4m3 and -127 in int8; the channel dequantizes to NaN, 0 * inf, either way).
 // Each thread loads the four keys of a group (v_group_key) per channel vector, so it writes each channel's four
 // bytes as one 32-bit shared-memory store instead of four byte stores.
-template <class T, int D, bool kImage>
-__device__ void quantize_v_e4m3_chunk(const QkvArgs& a, int chunk_id) {
+template <class T, int D, bool kImage, V8 F>
+__device__ void quantize_v8_chunk(const QkvArgs& a, int chunk_id) {
   using M = RowMap<D>;
+  using Fmt = V8Format<F>;
+  constexpr float kMax = F == V8::kE4m3 ? 448.f : 127.f;  // a local, not a static member: no device global
   // [channel][key] bytes. The 16 threads of a row write channels 8 apart: with plain rows every one of them
   // hits the same bank (any 16-byte-aligned pitch is a multiple of 128 bytes per 8 rows). XOR-ing the 16-byte
   // chunk index with (channel / 8) % 8 spreads them over 8 banks (2-way at worst).
@@ -303,8 +333,8 @@ __device__ void quantize_v_e4m3_chunk(const QkvArgs& a, int chunk_id) {
     const float mx = a.splits == 0 ? inv_scale[c]
                                    : combine_splits<D>(a.vamax + (long long)bh * a.splits * D + c, a.splits, 0.f,
                                                        max_keep_nan);
-    inv_scale[c] = mx > 0.f ? 448.f / mx : (mx == 0.f ? 0.f : mx);
-    if (chunk == 0) a.v_scale[(long long)bh * D + c] = mx / 448.f;
+    inv_scale[c] = mx > 0.f ? kMax / mx : (mx == 0.f ? 0.f : mx);
+    if (chunk == 0) a.v_scale[(long long)bh * D + c] = mx / kMax;
   }
   __syncthreads();
   float inv[8];
@@ -319,12 +349,12 @@ __device__ void quantize_v_e4m3_chunk(const QkvArgs& a, int chunk_id) {
 #pragma unroll
       for (int j = 0; j < 4; ++j) f[j] = to_float2<T>(raw[4 * q + j].w[w]);
       const int c0 = ch + 2 * w, c1 = c0 + 1;
-      const uint32_t lo0 = pack_e4m3x2(f[0].x * inv[2 * w], f[1].x * inv[2 * w]);
-      const uint32_t hi0 = pack_e4m3x2(f[2].x * inv[2 * w], f[3].x * inv[2 * w]);
-      const uint32_t lo1 = pack_e4m3x2(f[0].y * inv[2 * w + 1], f[1].y * inv[2 * w + 1]);
-      const uint32_t hi1 = pack_e4m3x2(f[2].y * inv[2 * w + 1], f[3].y * inv[2 * w + 1]);
-      *reinterpret_cast<uint32_t*>(&tile[c0][swz(c0, pos)]) = lo0 | (hi0 << 16);
-      *reinterpret_cast<uint32_t*>(&tile[c1][swz(c1, pos)]) = lo1 | (hi1 << 16);
+      const uint32_t w0 = Fmt::pack4(f[0].x * inv[2 * w], f[1].x * inv[2 * w], f[2].x * inv[2 * w],
+                                     f[3].x * inv[2 * w]);
+      const uint32_t w1 = Fmt::pack4(f[0].y * inv[2 * w + 1], f[1].y * inv[2 * w + 1], f[2].y * inv[2 * w + 1],
+                                     f[3].y * inv[2 * w + 1]);
+      *reinterpret_cast<uint32_t*>(&tile[c0][swz(c0, pos)]) = w0;
+      *reinterpret_cast<uint32_t*>(&tile[c1][swz(c1, pos)]) = w1;
     }
   }
   __syncthreads();
@@ -340,7 +370,8 @@ __device__ void quantize_v_e4m3_chunk(const QkvArgs& a, int chunk_id) {
 
 // blockIdx.y picks the tensor (0 = Q, 1 = K, 2 = V); blockIdx.x walks one batch's 128-row chunks over its heads;
 // blockIdx.z is the batch (so grid.x stays small). Grid.x covers the larger of Q and K/V; extra CTAs return.
-// kVMode: 0 none, 1 fp16, 2 e4m3 transposed, 3 e4m3 wgmma image, 4 fp16 wgmma image
+// kVMode: 0 none, 1 fp16, 2 e4m3 transposed, 3 e4m3 wgmma image, 4 fp16 wgmma image, 5 int8 wgmma image (the
+// e4m3 image's bytes, each int8 + 128)
 template <class T, int D, int kVMode>
 __device__ void qkv(const QkvArgs& a) {
   const int q_items = a.Hq * (a.nq_pad / kChunk), kv_items = a.Hkv * (a.nk_pad / kChunk);
@@ -355,7 +386,9 @@ __device__ void qkv(const QkvArgs& a) {
     if constexpr (kVMode == 1 || kVMode == 4)
       cast_v_f16_chunk<T, D, kVMode == 4>(a, blockIdx.z * kv_items + blockIdx.x);
     if constexpr (kVMode == 2 || kVMode == 3)
-      quantize_v_e4m3_chunk<T, D, kVMode == 3>(a, blockIdx.z * kv_items + blockIdx.x);
+      quantize_v8_chunk<T, D, kVMode == 3, V8::kE4m3>(a, blockIdx.z * kv_items + blockIdx.x);
+    if constexpr (kVMode == 5)
+      quantize_v8_chunk<T, D, true, V8::kInt8>(a, blockIdx.z * kv_items + blockIdx.x);
   }
 }
 

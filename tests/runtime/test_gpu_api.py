@@ -405,7 +405,8 @@ def test_quantization_kernels_match_reference(gpu_kernels, layout, dtype, d, n, 
 
 
 @pytest.mark.parametrize("n", [1, 17, 128])
-@pytest.mark.parametrize("v_mode,image", [("f16", False), ("e4m3t", False), ("e4m3w", True), ("f16w", True)])
+@pytest.mark.parametrize("v_mode,image", [("f16", False), ("e4m3t", False), ("e4m3w", True), ("f16w", True),
+                                          ("i8w", True)])
 def test_local_statistics_equal_the_two_passes(gpu_kernels, n, v_mode, image):
     """One chunk of keys without the LSE: the qkv pass takes K's mean and V's amax from its own rows (no stats
     pass). Every buffer must be bit-identical to the two-pass result (which the test above checks against the

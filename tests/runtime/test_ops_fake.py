@@ -30,7 +30,10 @@ CASES = [("HND", 2, 4, 2, 100, 130, 128, BF16, "f16", (32, 1, 32, 1), True, Fals
          # the wgmma family's pass: V in its operand image, Q/K in theirs (the shapes do not change)
          ("HND", 2, 4, 2, 100, 130, 128, BF16, "e4m3w", (16, 8, 128, 4), True, True),
          ("NHD", 1, 3, 1, 1, 517, 64, F16, "e4m3w", (128, 1, 128, 1), False, True),
-         ("HND", 1, 2, 2, 257, 300, 72, F16, "e4m3w", (16, 1, 128, 1), True, True)]
+         ("HND", 1, 2, 2, 257, 300, 72, F16, "e4m3w", (16, 1, 128, 1), True, True),
+         # INT8 V in the same image (one chunk of keys: the qkv pass alone; then both passes)
+         ("NHD", 1, 3, 1, 1, 100, 64, BF16, "i8w", (128, 1, 128, 1), False, True),
+         ("HND", 2, 4, 2, 100, 130, 128, F16, "i8w", (16, 8, 128, 4), True, True)]
 FIELDS = "layout,B,Hq,Hkv,nq,nk,d,dtype,v_mode,groups,lse,qk_image"
 
 
@@ -52,6 +55,8 @@ def test_quantize_fake_v_image_shape(fake_gpu):
     assert meta_of(z[4]) == ((2, 2, 2, 128, 128), torch.float8_e4m3fn)  # [B, Hkv, nk_pad / 128, D, 128]
     assert meta_of(z[5]) == ((2, 2, 128), torch.float32) and meta_of(z[6]) == ((2, 4, 100), torch.float32)
     assert meta_of(z[0]) == ((2, 4, 128, 128), torch.int8) and meta_of(z[1]) == ((2, 4, 64), torch.float32)
+    z = ops._quantize_fake(q, k, v, "HND", 16, 8, 128, 4, "i8w", False, True)  # INT8 V + 128: the same image, u8
+    assert meta_of(z[4]) == ((2, 2, 2, 128, 128), torch.uint8) and meta_of(z[5]) == ((2, 2, 128), torch.float32)
 
 
 @pytest.mark.parametrize(FIELDS, [c for c in CASES if c[8] in ("none", "f16")])

@@ -36,7 +36,7 @@ def test_carve_other_alignment_and_errors():
 
 
 SHAPES = [(1, 8, 8, 128, 128, 128), (2, 4, 2, 100, 130, 72), (1, 3, 1, 1, 517, 64), (3, 2, 2, 257, 300, 128)]
-MODES = [("none", False), ("f16", False), ("e4m3t", False), ("e4m3w", True)]
+MODES = [("none", False), ("f16", False), ("e4m3t", False), ("e4m3w", True), ("i8w", True)]
 
 
 @pytest.mark.parametrize("B,Hq,Hkv,nq,nk,d", SHAPES)
@@ -50,7 +50,8 @@ def test_quant_workspace_layout(B, Hq, Hkv, nq, nk, d, v_mode, qk_image, with_qk
     assert p.local_stats == (nk <= 128 and not with_qk_bias)  # one chunk of keys: no statistics partials
     assert ("ksum" in p.offsets) != p.local_stats
     assert ("v" in p.offsets) == (v_mode != "none")
-    assert ("vamax" in p.offsets) == (v_mode.startswith("e4m3") and not p.local_stats)
+    assert ("vamax" in p.offsets) == (v_mode in ("e4m3t", "e4m3w", "i8w") and not p.local_stats)
+    assert ("v_scale" in p.offsets) == (v_mode in ("e4m3t", "e4m3w", "i8w"))
     sizes = [quant._nbytes(*p.buffers[n]) for n in inner]
     assert_disjoint_and_aligned([p.offsets[n] for n in inner], sizes, p.workspace_bytes)
     assert p.workspace_bytes <= sum(sizes) + ALIGN * len(sizes)

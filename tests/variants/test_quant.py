@@ -23,11 +23,24 @@ def test_v_image_mode_has_its_own_name():
     assert QuantSpec.from_name(spec.name) == spec
 
 
+def test_int8_v_image_mode_is_enumerated_with_its_own_name():
+    spec = QuantSpec(arch="sm90a", op="qkv", x="bf16", v="i8w", d=128)
+    assert spec.name == "quant_sm90a_op_qkv_x_bf16_v_i8w_d128"
+    assert QuantSpec.from_name(spec.name) == spec
+    assert "i8w" in V_MODES and spec in enumerate_variants("sm90a") and spec.min_blocks == 3
+
+
+@pytest.mark.parametrize("arch", DEFAULT_ARCHES)
+def test_variant_names_are_distinct(arch):
+    names = [s.name for s in enumerate_variants(arch)]
+    assert len(names) == len(set(names))
+
+
 @pytest.mark.parametrize("arch", DEFAULT_ARCHES)
 def test_variant_count_per_arch(arch):
     specs = enumerate_variants(arch)
-    # qkv: 2 dtypes x 5 V modes x 3 head dims; stats: 2 dtypes x (no V, FP8 V) x 3 head dims
-    assert sum(s.op == "qkv" for s in specs) == 2 * 5 * 3 and sum(s.op == "stats" for s in specs) == 2 * 2 * 3
+    # qkv: 2 dtypes x 6 V modes x 3 head dims; stats: 2 dtypes x (no V, 8-bit V) x 3 head dims
+    assert sum(s.op == "qkv" for s in specs) == 2 * 6 * 3 and sum(s.op == "stats" for s in specs) == 2 * 2 * 3
 
 
 def test_stats_pass_exists_only_without_v_or_for_fp8_v():
@@ -39,6 +52,8 @@ def test_stats_pass_exists_only_without_v_or_for_fp8_v():
         QuantSpec(arch="sm80", op="stats", x="f16", v="f16w", d=64)
     with pytest.raises(InvalidVariant, match="e4m3t"):  # the V image needs the same V amax: one stats variant
         QuantSpec(arch="sm80", op="stats", x="f16", v="e4m3w", d=64)
+    with pytest.raises(InvalidVariant, match="e4m3t"):  # so does INT8 V (scale amax / 127)
+        QuantSpec(arch="sm80", op="stats", x="bf16", v="i8w", d=128)
 
 
 @pytest.mark.parametrize("field, value", [("op", "dequant"), ("x", "f32"), ("v", "e5m2"), ("d", 96), ("d", 512)])
