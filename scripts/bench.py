@@ -41,8 +41,8 @@ def quant_bytes(b: int, hq: int, hkv: int, nq: int, nk: int, d: int, *, in_bytes
     N_ALIGN rows and D channels, fp32 scales, and the fp16 V copy. The stats partials are read back by the qkv
     pass (counted once more).
 
-    ``v_fp8`` (V quantized to e4m3, as the wgmma family reads it; implies v_copy): the stats pass also reads V and
-    writes per-split channel amax; the V copy is 1 byte per element plus a per-channel fp32 scale."""
+    ``v_fp8`` (V quantized to 8 bits, e4m3 or int8, as the wgmma family reads it; implies v_copy): the stats pass
+    also reads V and writes per-split channel amax; the V copy is 1 byte per element plus a per-channel fp32 scale."""
     from sagegen.quant_layout import padded_dim, padded_len
 
     D = padded_dim(d)
@@ -151,7 +151,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help=f"N {QUICK_NS}, d 128")
     ap.add_argument("--variants", help="also time the attention variants matching this glob (per shape's d/causal)")
     ap.add_argument("--no-baselines", action="store_true", help="skip torch SDPA and sageattention")
-    ap.add_argument("--precision", choices=("fast", "accurate"), default="fast",
+    ap.add_argument("--precision", choices=("fast", "balanced", "accurate"), default="fast",
                     help="sagegen.attention's precision to time (default fast)")
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "bench.json"), help="JSON path")
     ap.add_argument("--png", help="chart path (default: the JSON path with .png)")
@@ -289,7 +289,8 @@ def main(argv=None) -> int:
                                                   wgmma))
             rows_per_split = max(N_ALIGN, -(-n // _STATS_SPLITS))
             nbytes = quant_bytes(B, H, H, n, n, d, in_bytes=2, v_copy=v_mode != "none", q_scales=qg.count(n),
-                                 k_scales=kg.count(n), stats_splits=-(-n // rows_per_split), v_fp8=v_mode == "e4m3w")
+                                 k_scales=kg.count(n), stats_splits=-(-n // rows_per_split),
+                                 v_fp8=v_mode in ("e4m3w", "i8w"))
             gbps = nbytes / (ms * 1e-3) / 1e9
             quant_rows.append({"d": d, "n": n, "us": ms * 1e3, "bytes": nbytes, "gbps": gbps,
                                "pct_of_copy": 100 * gbps / copy_gbps, "v_mode": v_mode})

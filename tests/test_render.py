@@ -31,6 +31,8 @@ GOLDEN = {
         "sm90a", "attn_wgmma_sm90a_*_o_bf16_d128_m128_n128_s3_ovl_pp_rs_fma_qg_thread_kg_thread_full"),
     "attn_wgmma_sm90a_pv_f16_d64_s2_seq_block_causal": (
         "sm90a", "attn_wgmma_sm90a_qk_i8_pv_f16_o_f16_d64_m128_n128_s2_seq_free_rs_fma_qg_block_kg_block_causal"),
+    "attn_wgmma_sm90a_pv_i8_d128_m192_s2_seq_thread_full": (
+        "sm90a", "attn_wgmma_sm90a_qk_i8_pv_i8_o_bf16_d128_m192_n128_s2_seq_*qg_thread_kg_thread_full"),
     "attn_short_sm80_bf16_d128_m128_thread_full": (
         "sm80", "attn_short_sm80_*_x_bf16_o_bf16_d128_m128_n64_w8_b1_qg_thread_kg_thread_full"),
 }

@@ -9,9 +9,9 @@ P.V paths (k-step = keys per mma instruction: 16 for fp16 m16n8k16, 32 for e4m3 
   "fp32": P and V unquantized, fp32 accumulation (isolates the Q.K error; no kernel does this).
   "fp16": P and V rounded to fp16; pv_accum "fp32" accumulates in fp32, "fp16" rounds an fp16 accumulator after
           every k-step and adds it into the fp32 output once per key block.
-  "int8": a study of INT8 P.V (u8 x s8 wgmma), which no kernel implements yet (perf-notes, tenth session). Each row
+  "int8": INT8 P.V (u8 x s8 wgmma; the attn_wgmma family's pv=i8, the "balanced" precision). Each row
           of a key block is quantized against its own largest probability p_b = max(max_j p_j, 2^-60):
-          P~ = round(255 p / p_b) (unsigned 8-bit), so every block uses the whole u8 range, however far its scores
+          P~ = round(fp16(255 p / p_b)) (unsigned 8-bit), so every block uses the whole u8 range, however far its scores
           sit below the running max; V is INT8 with per-channel scales amax_c / 127. The integer products of a
           block are exact (int32: 128 * 255 * 127 < 2^31) and enter O times p_b / 255 (a kernel folds p_b into the
           per-row rescale factor it already has). Without the per-block scale (P~ = round(255 p)) the many small
@@ -48,9 +48,10 @@ U8_FLOOR = 2.0 ** -60  # a block's scale never goes below this: the kernel's res
 def _u8_per_block_row(p: torch.Tensor) -> torch.Tensor:
     """pv="int8"'s P: round(255 p / p_b) * p_b per row of the block (p_b = the row's largest p, at least 2^-60),
     i.e. the u8 values in the units of round(255 p), so the P.V path and the ones-column row sum stay as for
-    unscaled P."""
+    unscaled P. The rounding is the kernel's (attn_wgmma/softmax_u8.cuh pack_u8x4): to fp16 first, then to the
+    nearest integer, ties to even."""
     p_b = p.amax(dim=-1, keepdim=True).clamp(min=U8_FLOOR)
-    return torch.round(p * fdiv(U8_MAX, p_b)) * p_b
+    return torch.round(round_fp16(p * fdiv(U8_MAX, p_b))) * p_b
 
 
 def check_block(value, name: str, multiple: int) -> int:

@@ -479,7 +479,8 @@ def attention(q, k, v, *, is_causal: bool = False, sm_scale: float | None = None
               return_lse: bool = False, causal_alignment: str = "bottom_right",
               precision: str = registry.DEFAULT_PRECISION, out_dtype: torch.dtype | None = None, variant=None,
               sdpa_fallback: bool | None = None):
-    """SageAttention of q, k, v on a CUDA GPU: INT8 Q.K^T with FP8 P.V ("fast", sm90a) or FP16 P.V ("accurate").
+    """SageAttention of q, k, v on a CUDA GPU: INT8 Q.K^T with FP8 P.V ("fast", sm90a), INT8 P.V ("balanced",
+    sm90a) or FP16 P.V ("accurate").
 
     q: [B, Hq, Nq, d], k and v: [B, Hkv, Nk, d] (``tensor_layout="NHD"``: [B, N, H, d]); fp16 or bf16, all one
     dtype and one device; last dimension contiguous (other strides are free); Hq a multiple of Hkv (GQA/MQA: query
@@ -491,13 +492,16 @@ def attention(q, k, v, *, is_causal: bool = False, sm_scale: float | None = None
     SageAttention convention: the last query sees every key) or "top_left" (torch SDPA's is_causal: query i sees
     keys 0..i). They differ only when Nq != Nk. A query that sees no key gets output 0 and LSE -inf.
     sm_scale: softmax scale, default 1/sqrt(d). precision: "fast" (default; INT8 Q.K^T + FP8 P.V, rel-L1 ~0.035 on
-    N(0,1), on GPUs that have such a family: Hopper sm90a; elsewhere it runs the accurate kernel) or "accurate"
-    (INT8 Q.K^T + FP16 P.V, rel-L1 ~0.01; on sm90a the wgmma family, elsewhere the mma.sync family). Short keys
-    (nk <= 128, nq <= 2048, out_dtype = q's dtype) run the attn_short family in either precision (FP16 P.V, the
+    N(0,1), on GPUs that have such a family: Hopper sm90a; elsewhere it runs the accurate kernel), "balanced"
+    (INT8 Q.K^T + INT8 P.V: u8 P scaled per key block and row, INT8 V per channel, exact integer block sums;
+    rel-L1 ~0.015-0.025 on N(0,1), weaker than "fast" on heavy-tailed V, whose few large entries set the channel's
+    INT8 step; sm90a, elsewhere the accurate kernel) or "accurate" (INT8 Q.K^T + FP16 P.V, rel-L1 ~0.01; on sm90a
+    the wgmma family, elsewhere the mma.sync family). Short keys
+    (nk <= 128, nq <= 2048, out_dtype = q's dtype) run the attn_short family in every precision (FP16 P.V, the
     quantization inside the kernel, one launch per call), unless the registry's cuDNN rule takes the call first
     (where SDPA can compute it; see sdpa_fallback). "accurate"
     casts V to fp16 unscaled: bf16 V entries beyond fp16's range (|v| > 65504) make the output inf or NaN in the
-    rows that attend to them ("fast" scales V per channel and has no such limit).
+    rows that attend to them ("fast" and "balanced" scale V per channel and have no such limit).
     out_dtype: torch.float16 or torch.bfloat16, default q's dtype. return_lse: also return the log-sum-exp
     [B, Hq, Nq] fp32 (natural log). variant: run this attn_mma / attn_wgmma / attn_short variant (name or spec)
     instead of the registry's choice (attn_short: inputs in its ``x`` dtype, nk <= 128). sdpa_fallback: None

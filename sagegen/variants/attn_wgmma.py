@@ -1,9 +1,11 @@
-"""The sm90a warpgroup family: INT8 Q.K^T and FP8 e4m3 P.V ("fast", SageAttention2 on Hopper) or FP16 P.V
-("accurate", SageAttention1's formats at wgmma speed) on wgmma, fed by bulk copies.
+"""The sm90a warpgroup family: INT8 Q.K^T and FP8 e4m3 P.V ("fast", SageAttention2 on Hopper), FP16 P.V
+("accurate", SageAttention1's formats at wgmma speed) or INT8 P.V ("balanced": u8 P scaled per block row, s8 V per
+channel, exact int32 sums) on wgmma, fed by bulk copies.
 
 A CTA is one producer warpgroup plus ``m / 64`` consumer warpgroups (64 query rows each); K and V^T tiles of ``n``
 keys stream through ``s`` shared-memory stages. Operands come from the quantization pass in the swizzled
-shared-memory image (sagegen/quant_layout.py: Q/K image, V "e4m3w" or "f16w"), so every tile is one bulk copy.
+shared-memory image (sagegen/quant_layout.py: Q/K image, V "e4m3w", "i8w" or "f16w"), so every tile is one bulk
+copy.
 """
 from __future__ import annotations
 
@@ -27,21 +29,27 @@ GRANULARITY_PAIRS = (("block", "block"), ("warp", "block"), ("thread", "thread")
 # (qg, kg) -> the granularity of the SageAttention2 emulation that has the same scale groups (emulation())
 EMULATION_GRANULARITY = dict(zip(GRANULARITY_PAIRS, ("block", "warp", "thread")))
 WARP_ROWS = 16  # rows of one warp's slice of an m64 wgmma
-ROW_SUMS = ("fma", "mma")
+# fma: FADDs over the fp32 p; mma: 8 columns of ones after V in the P.V MMA; dp4a: INT8 P.V sums its packed u8 P
+# with one integer dot product per four values (integer wgmma has no N = d + 8 for the ones columns).
+ROW_SUMS = ("fma", "mma", "dp4a")
 # P.V operand format -> (V element bytes, the quantization pass's V mode). e4m3: P = e4m3(448 p), V per-channel e4m3
-# transposed, two-level accumulation. f16: P and V fp16 (V not scaled), accumulated straight into O in fp32.
-PV_FORMATS = {"e4m3": (1, "e4m3w"), "f16": (2, "f16w")}
+# transposed, two-level accumulation. f16: P and V fp16 (V not scaled), accumulated straight into O in fp32. i8:
+# P = u8(255 p / p_b) per block row, V INT8 per channel in e4m3w's byte layout, each block summed exactly in int32.
+PV_FORMATS = {"e4m3": (1, "e4m3w"), "f16": (2, "f16w"), "i8": (1, "i8w")}
+# the kernel's PvFormat enumerator (templates/attn_wgmma/kernel.cuh) per pv
+PV_ENUMS = {"e4m3": "kPvE4m3", "f16": "kPvFp16", "i8": "kPvInt8"}
 # (overlap, pingpong, rowsum) schedules enumerated. One block at a time ("seq") leaves the tensor cores idle during a
 # warpgroup's softmax unless other warpgroups fill them: with three consumer warpgroups (m = 192) it is the fastest
 # FP8 schedule at d=128 from 16k keys, with the MMA row sum (BENCHMARKS.md, fifth session).
 SCHEDULES = ((True, True, "fma"), (True, False, "fma"), (False, False, "fma"),
-             (True, True, "mma"), (True, False, "mma"), (False, False, "mma"))
+             (True, True, "mma"), (True, False, "mma"), (False, False, "mma"), (False, False, "dp4a"))
 
 
 @dataclass(frozen=True)
 class AttnWgmmaSpec(KernelSpec):
     qk: str = word("qk")  # Q.K^T operands: i8
-    pv: str = word("pv")  # P.V operands: e4m3 (P quantized per row block, V per channel) or f16
+    pv: str = word("pv")  # P.V operands: e4m3 (P quantized per row block, V per channel), f16, or i8 (u8 P per
+    #                       block row, s8 V per channel)
     o: str = word("o")  # output dtype
     d: int = prefix("d")  # head dim compiled (smaller d are zero-padded by the quantization pass)
     m: int = prefix("m")  # query rows per CTA (64 per consumer warpgroup)
@@ -50,7 +58,7 @@ class AttnWgmmaSpec(KernelSpec):
     overlap: bool = flag("ovl", "seq")  # Q.K^T of block j+1 issued with P.V of block j (ovl), or one at a time
     pingpong: bool = flag("pp", "free")  # consumer warpgroups take turns issuing MMAs (pp), or issue freely
     rowsum: str = word("rs")  # softmax denominator: FADDs over the fp32 p (fma), or the P.V MMA with 8 columns of
-    #                           ones after V (mma; N = d + 8)
+    #                           ones after V (mma; N = d + 8), or i8's integer dot products over packed P (dp4a)
     qg: str = word("qg")  # Q scale granularity
     kg: str = word("kg")  # K scale granularity
     causal: bool = flag("causal", "full")
@@ -103,6 +111,7 @@ class AttnWgmmaSpec(KernelSpec):
         per key block); every overlapped m=192 schedule with e4m3's two levels spills 32-92 bytes at d=64."""
         f16 = self.pv == "f16"
         o, s = (self.d + (self.ones_rows if f16 else 0)) // 2, self.n // 2  # fp16: the row sums live in O
+        # (i8: its int32 tile is e4m3's fp32 one, with no ones columns: dp4a row sums)
         ob, p = (0, self.n // 4) if f16 else ((self.d // self.pv_halves + self.ones_rows) // 2, self.n // 8)
         return o + ob + s + p + 24 if self.overlap else o + max(s, ob + p) + 12
 
@@ -126,6 +135,11 @@ class AttnWgmmaSpec(KernelSpec):
         pv_n = self.d // self.pv_halves + self.ones_rows  # the last channel half's P.V MMA carries the ones
         if self.rowsum == "mma" and pv_n > 256:
             raise InvalidVariant(f"rowsum=mma at d={self.d} needs a P.V MMA with N = {pv_n} > 256")
+        if (self.pv == "i8") != (self.rowsum == "dp4a"):
+            raise InvalidVariant(f"rowsum=dp4a is INT8 P.V's row sum, and the one it has (pv={self.pv}, "
+                                 f"rowsum={self.rowsum})")
+        if self.pv == "i8" and (self.overlap or self.d > 128):
+            raise InvalidVariant("pv=i8 runs one block at a time (seq) at d <= 128")
         if self.pingpong and not self.overlap:
             raise InvalidVariant("pingpong rotates overlapping consumer warpgroups: needs overlap")
         if self.s not in (2, 3, 4):
@@ -154,14 +168,17 @@ class AttnWgmmaSpec(KernelSpec):
         its scale groups ((qg, kg) -> one granularity, 16-row warps), 128-key blocks, P.V format and accumulation,
         row sum. block_m only shapes per-block Q groups (m=128 there); any m gives the same warp/thread groups."""
         gran = EMULATION_GRANULARITY[(self.qg, self.kg)]
+        pv = {"e4m3": "fp8", "f16": "fp16", "i8": "int8"}[self.pv]
+        # dp4a sums the quantized P exactly, as the ones column of the emulation's P.V does
         return dict(qk_format="int8", granularity=gran, block_m=self.m if gran == "block" else 2 * WARP_ROWS,
-                    warp_m=WARP_ROWS, block_n=self.n, smooth_k=True, pv="fp8" if self.pv == "e4m3" else "fp16",
-                    pv_accum="fp32", row_sum="pv" if self.rowsum == "mma" else "p")
+                    warp_m=WARP_ROWS, block_n=self.n, smooth_k=True, pv=pv,
+                    pv_accum="fp32", row_sum="p" if self.rowsum == "fma" else "pv")
 
     def context(self):
         qg, kg = self.q_groups, self.k_groups
         return {
             "o_type": OUT_TYPES[self.o],
+            "pv_format": PV_ENUMS[self.pv],
             "threads": self.threads,
             "consumers": self.consumers,
             "smem": self.smem_bytes(),

@@ -15,6 +15,10 @@
 // With FP16 P.V (kPvF16, the "accurate" precision): P = fp16(p) straight from the accumulator (the fragments of
 // m64nNk16 line up with it as they are), V fp16 read MN-major from its image, the MMA accumulating into O itself
 // in fp32; O is rescaled only when some row's max grows by more than 2^kSlack.
+// With INT8 P.V (kPvI8): P = u8(255 p / p_b), each block row scaled to its own largest probability
+// (attn_wgmma/softmax_u8.cuh); V INT8 per channel, stored offset by 128 (u8) in the e4m3 image's byte layout. The
+// u8 . u8 MMA sums a block exactly into a fresh int32 tile, whose non-negative sums read as denormal floats enter O
+// with one FFMA each (o = tile * merge + o); the offset comes out once at the end (128 times the row sum of P).
 #pragma once
 #include "common/numeric.cuh"
 #include "common/attn_common.cuh"
@@ -22,12 +26,17 @@
 #include "attn_wgmma/mma_sm90.cuh"
 #include "attn_mma/mask.cuh"
 #include "attn_mma/softmax.cuh"
+#include "attn_wgmma/softmax_u8.cuh"
 
 namespace sagegen::attn_wg {
 
-template <int D, int BlockN, int Consumers, int Stages, bool Overlap, bool PingPong, bool MmaRowSum, bool PvF16,
+// P.V operand formats (the spec's pv): e4m3 P and V, fp16 P and V, u8 P with s8 V.
+enum PvFormat : int { kPvE4m3 = 0, kPvFp16 = 1, kPvInt8 = 2 };
+
+template <int D, int BlockN, int Consumers, int Stages, bool Overlap, bool PingPong, bool MmaRowSum, int PvFmt,
           bool Causal, class OutT, int QTile, int QSub, int KTile, int KSub, class Mma = wg::MmaSm90>
 struct Config {
+  static constexpr bool PvF16 = PvFmt == kPvFp16, kPvI8 = PvFmt == kPvInt8;
   static constexpr int kD = D, kBlockN = BlockN, kConsumers = Consumers, kStages = Stages;
   static constexpr bool kOverlap = Overlap;  // Q.K^T of block j + 1 issued with P.V of block j (see consume)
   static constexpr bool kPingPong = PingPong;  // consumer warpgroups take turns issuing their MMAs
@@ -39,14 +48,15 @@ struct Config {
   // e4m3 at d=256: O (128 registers) and a whole-block P.V tile (128 more) do not fit 240, so each block's P.V runs
   // in two 128-channel halves through one 64-register tile, each merged into its half of O before the next is
   // issued. Every output element still sums the same 128 keys in the FP8 accumulator: the numerics are unchanged.
-  static constexpr int kPvHalves = (!PvF16 && D == 256) ? 2 : 1, kPvCols = D / kPvHalves;
+  static constexpr int kPvHalves = (PvFmt == kPvE4m3 && D == 256) ? 2 : 1, kPvCols = D / kPvHalves;
   // kPvN: the P.V MMA's N for the last channel half, whose V^T rows the ones rows follow (the only half at d <= 128)
   static constexpr int kOnesRows = MmaRowSum ? 8 : 0, kPvN = kPvCols + kOnesRows;
   static constexpr bool kPvF16 = PvF16;
   static constexpr int kVBytes = PvF16 ? 2 : 1, kPvKeyStep = PvF16 ? 16 : 32;  // V element bytes, keys per k-step
-  // p's scale: e4m3 P maps p in [0, 1] onto its full range (448 = 2^8.807); fp16 P needs no gain.
-  static constexpr float kLog2PGain = PvF16 ? 0.f : 8.807354922057604f;
-  // Lazy O rescale (log2 units): fp16 P and O in fp32 absorb p up to 2^8; e4m3 P must stay within 448.
+  // p's scale: e4m3 P maps p in [0, 1] onto its full range (448 = 2^8.807); fp16 P needs no gain; u8 P 255.
+  static constexpr float kLog2PGain = PvF16 ? 0.f : (kPvI8 ? attn::kLog2U8Max : 8.807354922057604f);
+  // Lazy O rescale (log2 units): fp16 P and O in fp32 absorb p up to 2^8; e4m3 P must stay within 448 (u8 P has
+  // its own, softmax_u8.cuh).
   static constexpr int kSlack = PvF16 ? 8 : 0;
   static constexpr int kBlockM = 64 * Consumers, kThreads = 128 * (Consumers + 1);
   static constexpr bool kCausal = Causal;
@@ -60,8 +70,9 @@ struct Config {
   // One block at a time (ninth session, same calls): +5-15% for FP8 P.V at d=64 non-causal with the MMA row sum
   // (three warpgroups, 4k-32k); a tie for FP16 P.V at d=128 (ptxas then spills 32 bytes) and -3% to 0 for FP8 at
   // d=128.
+  // INT8 P.V at d=64 non-causal (eleventh session, SPLIT_LOOP probe, same call): +4-5% (531-543 -> 552-565).
   static constexpr bool kSplitMaskLoop =
-      !Causal && ((D == 64 && MmaRowSum && !PvF16) || (Overlap && PvF16 && D == 128));
+      !Causal && ((D == 64 && !PvF16 && (MmaRowSum || kPvI8)) || (Overlap && PvF16 && D == 128));
 #else
   static constexpr bool kSplitMaskLoop = true;
 #endif
@@ -92,6 +103,8 @@ struct Config {
   static_assert(KTile == BlockN, "K scales are per key block (or per thread within it)");
   static_assert(!PingPong || (Consumers >= 2 && Overlap), "ping-pong rotates overlapping warpgroups");
   static_assert(kPvN <= 256, "the P.V MMA's N (d + 8 with the MMA row sum) must fit one wgmma");
+  // INT8 P.V: one block at a time; its row sum comes from the packed P (integer wgmma has no N = d + 8)
+  static_assert(!kPvI8 || (!Overlap && !MmaRowSum && D <= 128), "INT8 P.V: seq schedule, dp4a row sum, d <= 128");
 };
 
 struct Params {
@@ -229,7 +242,13 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
   auto& s_acc = reinterpret_cast<uint32_t(&)[kNChunks * 4]>(sc);
   uint32_t pa[kPSteps][4];         // P (e4m3 or fp16) as the A operand of the P.V k-steps
   float ob[C::kPvF16 ? 1 : kPvChunks * 4];  // e4m3: one block's P.V (the two-level accumulation's inner level),
-                                            // or one half of its channels (kPvHalves)
+                                            // or one half of its channels (kPvHalves); int8: as int32
+  auto& ob_i = reinterpret_cast<uint32_t(&)[C::kPvF16 ? 1 : kPvChunks * 4]>(ob);
+  // INT8 P.V: the per-row state of softmax_u8.cuh, the block's merge factors, and p_sum[r]: this thread's sum of
+  // the block's u8 P (dp4a over the packed bytes: exact, no FADD per score).
+  attn::BlockScaledRows u8rows;
+  float u8_merge[2];
+  uint32_t p_sum[2] = {0u, 0u};
   float alpha[1][2], alpha_next[1][2];
 
   auto stage_of = [](int j) { return j % C::kStages; };
@@ -277,6 +296,8 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
       attn::apply_mask<C::kCausal, kNChunks>(sc, row0, col0, p.nk, p.causal_offset);
     // A NaN scale (NaN inputs) must survive the floor: the comparison is false for NaN.
     const float qk = q_scale * k_scale, scale = qk < attn::kMinScale ? attn::kMinScale : qk;
+    if constexpr (C::kPvI8)  // a: O's rescale where o_ref moved (rescale_o); u8_merge: finish_pv's factors
+      return attn::block_scaled_softmax<kNChunks>(sc, scale, u8rows, u8_merge, a[0], kScoreBias);
     const float scales[1][2] = {{scale, scale}};
     // e4m3: slack 0, the reference max moves on every increase, so 448 p stays within e4m3's range.
     return attn::online_softmax<1, kNChunks, C::kSlack, !C::kMmaRowSum, /*kOrderedBits=*/true>(
@@ -294,7 +315,12 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
         } else {
           // A fragment of m64nNk32: register r holds row half r & 1, chunks 4kk + 2(r >> 1) + {0, 1}.
           const int c = 4 * kk + 2 * (r >> 1), e = 2 * (r & 1);
-          pa[kk][r] = pack_e4m3x4(sc[c][e], sc[c][e + 1], sc[c + 1][e], sc[c + 1][e + 1]);
+          if constexpr (C::kPvI8) {
+            pa[kk][r] = attn::pack_u8x4(sc[c][e], sc[c][e + 1], sc[c + 1][e], sc[c + 1][e + 1]);
+            p_sum[r & 1] = __dp4a(pa[kk][r], 0x01010101u, kk == 0 && r < 2 ? 0u : p_sum[r & 1]);
+          } else {
+            pa[kk][r] = pack_e4m3x4(sc[c][e], sc[c][e + 1], sc[c + 1][e], sc[c + 1][e + 1]);
+          }
         }
       }
   };
@@ -307,6 +333,15 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
 #pragma unroll
       for (int kk = 0; kk < kPSteps; ++kk)
         Mma::template pv_f16<C::kPvN>(pa[kk], desc_plus(v_desc, kk * 16 * 128), o);
+#endif
+      Mma::commit();
+    } else if constexpr (C::kPvI8) {  // a fresh int32 tile (merge_pv)
+      wg::fence_operands(ob_i);
+      Mma::begin();
+#ifndef SAGEGEN_PROBE_NO_MMA
+#pragma unroll
+      for (int kk = 0; kk < kPSteps; ++kk)
+        Mma::template pv_u8<C::kPvN>(pa[kk], desc_plus(v_desc, kk * 32), ob_i, kk > 0);
 #endif
       Mma::commit();
     } else {
@@ -326,11 +361,15 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
     }
   };
   // e4m3: O's channel half `half` = O * alpha_j + the block's P.V for it (in ob, retired).
+  // int8: O = tile * merge + O. The tile's sums x lie in [0, 128 * 255 * 255] < 2^23, so read as floats they are
+  // the denormals x * 2^-149, exactly: no conversion instruction (the FFMA takes denormals at full rate; the
+  // kernel is compiled without flush-to-zero).
   auto merge_pv = [&](const float (&a)[1][2], int half) {
 #pragma unroll
     for (int i = 0; i < C::kPvCols / 2; ++i) {
       float& out = o[half * (C::kPvCols / 2) + i];
-      out = fmaf(out, a[0][(i >> 1) & 1], ob[i]);
+      if constexpr (C::kPvI8) out = fmaf(ob[i], u8_merge[(i >> 1) & 1], out);
+      else out = fmaf(out, a[0][(i >> 1) & 1], ob[i]);
     }
   };
   // After block j's P.V retired: free its stage; e4m3: merge (the last half, kPvHalves).
@@ -340,15 +379,25 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
     __syncwarp();
     if (lane == 0) sm90::mbar_arrive(&sm.empty[stage_of(j)]);  // this warp is done with the stage
     if constexpr (!C::kPvF16) merge_pv(a, C::kPvHalves - 1);
+    if constexpr (C::kPvI8) {  // the row sums in O's units (rescale_o applied alpha already)
+#pragma unroll
+      for (int r = 0; r < 2; ++r)
+        u8rows.sum[r] = fmaf(float(p_sum[r]), u8_merge[r] * attn::kU8Denorm, u8rows.sum[r]);
+    }
     if constexpr (C::kMmaRowSum && !C::kPvF16) {  // the tile's column kPvCols (element 0 of each row half) = the
       constexpr int kSum = 4 * (C::kPvCols / 8);      // row's sum of P (fp16: O's own column D, read at the end)
       st.sum[0] = fmaf(st.sum[0], a[0][0], ob[kSum]);
       st.sum[1] = fmaf(st.sum[1], a[0][1], ob[kSum + 2]);
     }
   };
-  // fp16 P.V accumulates into O itself: rescale O before the next block's P.V, only when a row's max moved.
+  // fp16 P.V accumulates into O itself, and int8 merges in O's units: rescale O (and int8's row sums) before the
+  // next block's P.V, only when a row's reference moved.
   auto rescale_o = [&](bool moved, const float (&a)[1][2]) {
-    if constexpr (C::kPvF16) {
+    if constexpr (C::kPvI8) {
+      u8rows.sum[0] *= a[0][0];
+      u8rows.sum[1] *= a[0][1];
+    }
+    if constexpr (C::kPvF16 || C::kPvI8) {
       if (moved) {
 #pragma unroll
         for (int i = 0; i < C::kOCols / 2; ++i) o[i] *= a[0][(i >> 1) & 1];  // with the row-sum columns
@@ -457,6 +506,13 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
     st.sum[0] = o[4 * kDChunks];
     st.sum[1] = o[4 * kDChunks + 2];
   }
+  if constexpr (C::kPvI8) {  // l and the LSE's reference: O's units are 2^(o_ref + 64)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      st.sum[r] = u8rows.sum[r];
+      st.max[r] = u8rows.o_ref[r] + 64.f;
+    }
+  }
   float2 vs[kDChunks];
 #pragma unroll
   for (int c = 0; c < kDChunks; ++c)
@@ -466,6 +522,8 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
     const int row = row0 + 8 * r;
     const float l = C::kMmaRowSum ? st.sum[r] : attn::quad_sum(st.sum[r]);  // the MMA already summed the quad
     const float inv = l > 0.f ? 1.f / l : 0.f;  // a row that sees no key gets 0 (and lse = -inf)
+    // int8: V's offset of 128 added 128 * (the row's sum of P) to every channel of O
+    auto value = [&](int i) { return C::kPvI8 ? fmaf(l, -128.f, o[i]) : o[i]; };
     if (row >= p.nq) continue;
     typename C::Out* orow = static_cast<typename C::Out*>(p.o) + b * p.o_sb + h * p.o_sh + row * p.o_sn;
 #pragma unroll
@@ -473,7 +531,7 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
       const int col = c * 8 + 2 * tq;
       if (col < p.d)
         *reinterpret_cast<uint32_t*>(orow + col) = attn::pack_out<typename C::Out>(
-            o[4 * c + 2 * r] * inv * vs[c].x, o[4 * c + 2 * r + 1] * inv * vs[c].y);
+            value(4 * c + 2 * r) * inv * vs[c].x, value(4 * c + 2 * r + 1) * inv * vs[c].y);
     }
 #ifndef SAGEGEN_PROBE_TRACE  // (the trace owns the LSE buffer)
     if (p.lse != nullptr && tq == 0)

@@ -53,6 +53,9 @@ template <> struct QkI8<128> { using Op = G::MMA_64x128x32_S32S8S8_SS_TN; };
 template <int N> struct PvE4m3;  // O (f32) = P (e4m3, registers) . V^T (e4m3, smem): m64 nN k32
 template <> struct PvE4m3<64> { using Op = G::MMA_64x64x32_F32E4M3E4M3_RS_TN<>; };
 template <> struct PvE4m3<128> { using Op = G::MMA_64x128x32_F32E4M3E4M3_RS_TN<>; };
+template <int N> struct PvU8;  // O (s32) = P (u8, registers) . V^T (u8: s8 + 128, smem): m64 nN k32
+template <> struct PvU8<64> { using Op = G::MMA_64x64x32_S32U8U8_RS_TN; };
+template <> struct PvU8<128> { using Op = G::MMA_64x128x32_S32U8U8_RS_TN; };
 template <int N> struct PvF16;  // O (f32) += P (f16, registers) . V (f16, smem, MN-major): m64 nN k16
 template <> struct PvF16<64> { using Op = G::MMA_64x64x16_F32F16F16_RS<G::Major::K, G::Major::MN>; };
 template <> struct PvF16<128> { using Op = G::MMA_64x128x16_F32F16F16_RS<G::Major::K, G::Major::MN>; };
@@ -94,6 +97,14 @@ struct MmaSm90 {
                                             bool accumulate) {
     fma_rs<typename PvE4m3<N>::Op>(p, vt_desc, o, accumulate ? G::ScaleOut::One : G::ScaleOut::Zero,
                                    cuda::std::make_index_sequence<N / 2>{});
+  }
+  // One k32 step of O = P.V for a 64 x N tile in int32 (exact); P's fragment is 4 registers of 4 u8 each, laid
+  // out as the e4m3 one; V^T unsigned (the quantization pass stores INT8 V offset by 128: every sum >= 0).
+  template <int N>
+  __device__ static __forceinline__ void pv_u8(const uint32_t (&p)[4], uint64_t vt_desc, uint32_t (&o)[N / 2],
+                                               bool accumulate) {
+    fma_rs<typename PvU8<N>::Op>(p, vt_desc, o, accumulate ? G::ScaleOut::One : G::ScaleOut::Zero,
+                                 cuda::std::make_index_sequence<N / 2>{});
   }
   // One k16 step of O += P.V for a 64 x N tile (N = head dim, + 8 with the row sum); P's fragment is 4 registers
   // of 2 fp16 each.

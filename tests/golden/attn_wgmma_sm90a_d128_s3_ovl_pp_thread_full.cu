@@ -3,7 +3,7 @@
 
 using Cfg = sagegen::attn_wg::Config<128, 128, 2, 3,
     true, true, false,
-    false, false,
+    sagegen::attn_wg::kPvE4m3, false,
     __nv_bfloat16, 16, 8, 128, 4>;
 static_assert(Cfg::kSmemBytes == 115768, "shared-memory size disagrees with the Python spec");
 static_assert(Cfg::kThreads == 384, "thread count disagrees with the Python spec");

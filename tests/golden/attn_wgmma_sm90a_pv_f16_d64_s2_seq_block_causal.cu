@@ -3,7 +3,7 @@
 
 using Cfg = sagegen::attn_wg::Config<64, 128, 2, 2,
     false, false, false,
-    true, true,
+    sagegen::attn_wg::kPvFp16, true,
     __half, 128, 1, 128, 1>;
 static_assert(Cfg::kSmemBytes == 58408, "shared-memory size disagrees with the Python spec");
 static_assert(Cfg::kThreads == 384, "thread count disagrees with the Python spec");

@@ -138,10 +138,10 @@ def test_fp8_pv_row_sum_from_the_mma_divides_by_the_quantized_p():
 
 
 def test_int8_pv_follows_its_definition_on_one_key_block():
-    """pv="int8": out = sum_j P_j v8_j / sum_j P_j * v_scale with P_j = round(255 p_j / max_j p_j) (one block, so
-    the per-row scale cancels) and v8 = round(v * 127 / amax_c)."""
+    """pv="int8": out = sum_j P_j v8_j / sum_j P_j * v_scale with P_j = round(fp16(255 p_j / max_j p_j)) (one
+    block, so the per-row scale cancels; fp16 first, as the kernel packs P) and v8 = round(v * 127 / amax_c)."""
     q, k, v, p, _, _ = _one_fp8_block(227)
-    pq = torch.round(255 * p.double() / p.double().amax(-1, keepdim=True))
+    pq = torch.round((255 * p / p.amax(-1, keepdim=True)).half().double())
     v8, v_scale = Q.quantize_v_int8(v)
     assert v8.abs().max() == 127 and torch.equal(v8, v8.round())
     ref = pq @ v8[:, :, :64].double() / pq.sum(-1, keepdim=True) * v_scale[:, :, None].double()

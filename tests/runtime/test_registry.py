@@ -36,10 +36,10 @@ def test_key_buckets_and_tag():
     assert (k.nq, k.nk, k.bh, k.gqa) == (1024, 8192, 128, registry.GQA_BUCKET_MAX)
     tags = {key().tag, key(causal=True).tag, key(d=64).tag, key(out="f16").tag, key(nq=100).tag, key(nk=100).tag,
             key(gqa=4).tag, key(batch_heads=8).tag, key(arch="sm80").tag, key(dtype="f16").tag,
-            key(precision="accurate").tag}
-    assert len(tags) == 11
+            key(precision="accurate").tag, key(precision="balanced").tag}
+    assert len(tags) == 12
     assert key().precision == registry.DEFAULT_PRECISION == "fast"
-    assert registry.PRECISIONS == ("fast", "accurate")
+    assert registry.PRECISIONS == ("fast", "balanced", "accurate")
     with pytest.raises(ValueError, match="precision"):
         key(precision="turbo")
 
@@ -64,8 +64,9 @@ def test_heuristic_is_valid_everywhere(arch, d, causal, out, precision):
         assert spec.arch == arch and spec.d == d and spec.causal == causal and spec.o == out
         assert (spec.qg, spec.kg) == ("thread", "thread")  # the most accurate, at equal speed
         assert spec.name in registry.candidates(k)
-        if _has_fp8_family(arch):  # the warpgroup family: FP8 P.V for "fast", FP16 P.V for "accurate"
-            assert isinstance(spec, AttnWgmmaSpec) and spec.pv == ("e4m3" if precision == "fast" else "f16")
+        if _has_fp8_family(arch):  # the warpgroup family: FP8 / INT8 / FP16 P.V for fast / balanced / accurate
+            assert isinstance(spec, AttnWgmmaSpec)
+            assert spec.pv == {"fast": "e4m3", "balanced": "i8", "accurate": "f16"}[precision]
             _check_wgmma_schedule_rule(spec, k, small_grid=small is not None)
         else:  # elsewhere both precisions are the fp32-accumulating mma.sync family
             assert isinstance(spec, AttnMmaSpec) and spec.acc == "f32"

@@ -111,10 +111,11 @@ def test_sanitize_wgmma_variants_are_the_heuristic_choices_and_every_schedule():
     from sagegen.variants.attn_wgmma import enumerate_variants
 
     few = san.pick_wgmma_variants("sm90a", few=True)
-    assert len(few) == 12 and all(s.family == "attn_wgmma" for s in few)  # 2 precisions x 3 d x causal
-    assert {s.pv for s in few} == {"e4m3", "f16"}
+    # 3 precisions x 3 d x causal, less balanced's d=256 (no INT8 P.V there: the accurate kernel, already in)
+    assert len(few) == 16 and all(s.family == "attn_wgmma" for s in few)
+    assert {s.pv for s in few} == {"e4m3", "f16", "i8"}
     for spec in few:  # the heuristic's choice for its (precision, d, causal)
-        precision = "fast" if spec.pv == "e4m3" else "accurate"
+        precision = {"e4m3": "fast", "i8": "balanced", "f16": "accurate"}[spec.pv]
         key = registry.make_key(arch="sm90a", dtype="bf16", out="bf16", d=spec.d, causal=spec.causal, nq=128,
                                 nk=128, batch_heads=8, precision=precision)
         assert spec == registry.heuristic(key, family="attn_wgmma")

@@ -126,7 +126,8 @@ def test_enumeration_is_the_whole_declared_space_times_the_schedules():
         assert {(s.m, s.n, s.s) for s in mine} == set(two_wg_tiles)
         assert {(s.qg, s.kg) for s in mine} == set(GRANULARITY_PAIRS)
         assert {s.d for s in mine} == {64, 128} and {s.o for s in mine} == set(OUT_TYPES)
-        assert ("rowsum", "mma") in {kv for sch in schedules for kv in sch}  # both formats sum P on the MMA
+        # e4m3 and f16 sum P on the MMA; i8 with integer dot products over its packed P
+        assert ("rowsum", "dp4a" if pv == "i8" else "mma") in {kv for sch in schedules for kv in sch}
         template, dropped = mine[0], []
         for d, (m, n, st), (qg, kg), o, causal, sch in itertools.product(
                 (64, 128), two_wg_tiles, GRANULARITY_PAIRS, OUT_TYPES, (False, True), schedules):
@@ -140,7 +141,26 @@ def test_enumeration_is_the_whole_declared_space_times_the_schedules():
             assert spec.name in names, spec.name
         assert all((pv, c["d"], c["s"], c["rowsum"]) == ("f16", 128, 4, "mma") for c in dropped), dropped
         assert bool(dropped) == (pv == "f16")
-    assert {(s.qk, s.pv) for s in specs} == {("i8", "e4m3"), ("i8", "f16")}
+    assert {(s.qk, s.pv) for s in specs} == {("i8", "e4m3"), ("i8", "f16"), ("i8", "i8")}
+
+
+def test_int8_pv_runs_one_block_at_a_time_with_its_dp4a_row_sum():
+    """pv=i8 (INT8 P.V): the one-block schedule only (its registers), d 64 / 128 (no d=256 kernel), and the dp4a row
+    sum, which no other format has (integer wgmma has no N = d + 8 for the ones columns). Each wrong pairing is
+    refused naming what is wrong; the enumeration has exactly the valid ones."""
+    i8 = [s for s in enumerate_variants("sm90a") if s.pv == "i8"]
+    assert i8 and {(s.overlap, s.pingpong, s.rowsum) for s in i8} == {(False, False, "dp4a")}
+    assert {s.d for s in i8} == {64, 128} and {s.m for s in i8} == {128, 192}
+    assert {s.v_mode for s in i8} == {"i8w"} and all(s.ones_bytes == 0 for s in i8)
+    base = i8[0]
+    for change, words in (({"rowsum": "mma"}, "dp4a"), ({"overlap": True}, "seq"), ({"d": 256}, "d <= 128")):
+        with pytest.raises(InvalidVariant, match=words):
+            dataclasses.replace(base, **change)
+    e4m3 = next(s for s in enumerate_variants("sm90a") if s.pv == "e4m3")
+    with pytest.raises(InvalidVariant, match="dp4a"):
+        dataclasses.replace(e4m3, rowsum="dp4a")
+    emu = base.emulation()
+    assert (emu["pv"], emu["row_sum"], emu["pv_accum"]) == ("int8", "pv", "fp32")
 
 
 def test_head_dim_256_has_exactly_the_one_block_schedules_that_fit():
@@ -189,7 +209,8 @@ def test_three_consumer_warpgroups_exist_exactly_where_the_registers_fit():
             assert s.consumers == 3 and s.threads == 512 and s.reg_estimate() <= 160 and s.qg != "block"
     # what fits: d=64 with FP16 P.V, and one block at a time (no overlap) at both head dims and formats
     assert {(s.pv, s.d, s.overlap) for s in specs if s.m == 192} == \
-        {("f16", 64, True), ("f16", 64, False), ("e4m3", 64, False), ("f16", 128, False), ("e4m3", 128, False)}
+        {("f16", 64, True), ("f16", 64, False), ("e4m3", 64, False), ("f16", 128, False), ("e4m3", 128, False),
+         ("i8", 64, False), ("i8", 128, False)}
 
 
 def test_every_variant_fits_sm90a_and_its_tiles_divide_the_padding():
@@ -250,8 +271,9 @@ def test_every_variant_names_its_emulation():
         assert q_groups(kw["granularity"], kw["block_m"], 16) == s.q_groups
         assert k_groups(kw["granularity"], kw["block_n"]) == s.k_groups
         assert N_ALIGN % kw["block_m"] == 0 and kw["block_m"] % 16 == 0
-        assert (kw["pv"], kw["pv_accum"]) == ({"e4m3": "fp8", "f16": "fp16"}[s.pv], "fp32")
-        assert kw["row_sum"] == ("pv" if s.rowsum == "mma" else "p") and kw["smooth_k"] and kw["qk_format"] == "int8"
+        assert (kw["pv"], kw["pv_accum"]) == ({"e4m3": "fp8", "f16": "fp16", "i8": "int8"}[s.pv], "fp32")
+        # the MMA's ones columns and dp4a both sum the quantized P, as the emulation's ones column does
+        assert kw["row_sum"] == ("p" if s.rowsum == "fma" else "pv") and kw["smooth_k"] and kw["qk_format"] == "int8"
 
 
 def test_thread_granularity_uses_the_wgmma_fragment_layout():

@@ -1,0 +1,81 @@
+// The softmax of INT8 P.V (pv = i8): P = round(255 p / p_b) as u8, each row of a key block scaled to its own
+// largest probability p_b = max(max_j p_j, 2^-60) (p against the running max), so every block uses the whole u8
+// range however far below the running max its scores sit; the reference's pv="int8" (sagegen/reference/_intqk.py).
+//
+// In log2 units: the block's reference is m_q = max(block max, running max - 60) and P = 255 * 2^(s - m_q). O and
+// the row sum keep the units 2^(o_ref + 64), o_ref a lazily moved running max (it moves only when the running max
+// passes it by more than kU8Slack; then O *= alpha, rarely after the first blocks), so each block enters O scaled
+// by merge = 2^(m_q - o_ref + 85): applied to the P.V tile's int32 sums read as denormal floats (x * 2^-149, exact
+// for 0 <= x < 2^23), that is x * 2^(m_q - o_ref - 64), one FFMA per output element (kernel.cuh finish_pv). The
+// bounds keep every factor in fp32's range: m_q - o_ref lies in [-60, kU8Slack], so merge in
+// [2^25, 2^101] and O's terms stay normal numbers.
+#pragma once
+#include "common/numeric.cuh"
+#include "attn_mma/softmax.cuh"
+
+namespace sagegen::attn {
+
+constexpr float kLog2U8Max = 7.994353436858858f;  // log2(255): P's gain, folded into the exp's argument
+constexpr float kU8FloorLog2 = 60.f;              // p_b >= 2^-60 (the reference's U8_FLOOR)
+constexpr float kU8Slack = 16.f;                  // o_ref lags the running max by at most this (log2 units)
+constexpr float kU8MergeLog2 = 85.f;              // merge = 2^(m_q - o_ref + 85); O's units 2^(o_ref + 64)
+constexpr float kU8Denorm = 1.40129846e-45f;      // 2^-149: an int32 x < 2^23 read as a float is x times this
+
+// The two rows a thread holds in one 16-row m-tile.
+struct BlockScaledRows {
+  float run_max[2] = {kNegInf, kNegInf};  // the running max of each row (log2 units)
+  float o_ref[2] = {kNegInf, kNegInf};    // O's units are 2^(o_ref + 64)
+  float sum[2] = {0.f, 0.f};              // this thread's part of l, in O's units (the quad reduces it at the end)
+};
+
+// One key block of biased raw scores (kernel.cuh's kScoreBias; masked ones -inf, so their int32 patterns order
+// like their values) -> 255 * 2^(s - m_q) in s; each row's merge factor, and alpha (O *= alpha) where o_ref moved.
+// scale: this thread's raw score -> log2 units (q_scale * k_scale * sm_scale * log2 e). Returns whether any row of
+// the warp moved o_ref.
+template <int kNTiles>
+__device__ __forceinline__ bool block_scaled_softmax(float (&s)[kNTiles][4], float scale, BlockScaledRows& st,
+                                                     float (&merge)[2], float (&alpha)[2], float score_bias) {
+  float block_max[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    int m[2 * kNTiles];
+#pragma unroll
+    for (int j = 0; j < kNTiles; ++j) {
+      m[2 * j] = __float_as_int(s[j][2 * r]);
+      m[2 * j + 1] = __float_as_int(s[j][2 * r + 1]);
+    }
+    // Scale before the quad reduction: with per-thread K scales the 4 lanes of a row scale differently.
+    block_max[r] = quad_max((__int_as_float(max3_tree(m)) - score_bias) * scale);
+  }
+  bool moved = false;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const float run_max = fmaxf(st.run_max[r], block_max[r]);
+    const float ref = fmaxf(block_max[r], run_max - kU8FloorLog2);  // m_q; -inf while the row has seen no key
+    const bool up = run_max > st.o_ref[r] + kU8Slack;               // the first visible key included
+    alpha[r] = up ? exp2_approx(st.o_ref[r] - run_max) : 1.f;      // o_ref = -inf: 0 (O is still empty)
+    st.o_ref[r] = up ? run_max : st.o_ref[r];
+    st.run_max[r] = run_max;
+    merge[r] = ref == kNegInf ? 0.f : exp2_approx(ref - st.o_ref[r] + kU8MergeLog2);
+    moved |= up;
+    // A row with no visible key yet exponentiates against 0: its -inf scores give 0, not NaN.
+    const float neg_ref = (ref == kNegInf ? 0.f : -ref) + kLog2U8Max - score_bias * scale;
+#pragma unroll
+    for (int j = 0; j < kNTiles; ++j) {
+      s[j][2 * r] = exp2_approx(fmaf(s[j][2 * r], scale, neg_ref));
+      s[j][2 * r + 1] = exp2_approx(fmaf(s[j][2 * r + 1], scale, neg_ref));
+    }
+  }
+  return __any_sync(0xffffffffu, moved);
+}
+
+// Four values in [0, 255] -> four u8 (the lowest from a), each rounded to nearest even: fp16 holds x < 256 to
+// 1/8 or finer, and 1024 + x in fp16 has a unit step, so the sum's low byte is the rounded x. Two F2FP, two HADD2
+// and one PRMT; the reference rounds the same way (fp16 first, then to an integer).
+__device__ __forceinline__ uint32_t pack_u8x4(float a, float b, float c, float d) {
+  const __half2 k1024 = __float2half2_rn(1024.f);
+  const __half2 lo = __hadd2(__floats2half2_rn(a, b), k1024), hi = __hadd2(__floats2half2_rn(c, d), k1024);
+  return __byte_perm(*reinterpret_cast<const uint32_t*>(&lo), *reinterpret_cast<const uint32_t*>(&hi), 0x6420);
+}
+
+}  // namespace sagegen::attn
