@@ -115,6 +115,17 @@ def test_attn_wgmma_row_max_runs_on_the_integer_pipe():
     assert float_max <= 8, (int_max, float_max)
 
 
+def test_attn_wgmma_int8_pv_merges_its_integer_tile_without_flushing_denormals():
+    """pv=i8 (kernel.cuh kPvI8): the u8 x u8 P.V wgmma, dp4a row sums, and O's merge as non-flushing FMAs (the
+    int32 sums are read as denormal floats; an ftz FMA would zero them): one per output element of a thread."""
+    spec = spec_from_name("attn_wgmma_sm90a_qk_i8_pv_i8_o_bf16_d128_m192_n128_s2_seq_free_rs_dp4a_"
+                          "qg_thread_kg_thread_full")
+    ptx = compile_ptx(spec.name, render(spec), spec.arch)
+    assert "wgmma.mma_async.sync.aligned.m64n128k32.s32.u8.u8" in ptx
+    assert len(re.findall(r"^\s*dp4a\.u32\.u32", ptx, re.M)) >= spec.n // 8  # the thread's 4 x 4 packed registers
+    assert len(re.findall(r"^\s*fma\.rn\.f32", ptx, re.M)) >= spec.d // 2  # the merge: d/2 O elements per thread
+
+
 # --- failures ------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("compile_fn", [compile_cubin, compile_ptx], ids=["cubin", "ptx"])

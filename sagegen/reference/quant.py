@@ -201,7 +201,7 @@ def quantize_v_fp8(v: torch.Tensor, *, fp8_max: float = E4M3_MAX, layout: str = 
 
 
 def quantize_v_int8(v: torch.Tensor, *, layout: str = "HND") -> tuple[torch.Tensor, torch.Tensor]:
-    """V as INT8 with per-channel scales amax_over_tokens / 127 (the INT8 P.V study's V; no kernel uses it):
+    """V as INT8 with per-channel scales amax_over_tokens / 127 (INT8 P.V's V: the quantization pass's v mode i8w):
     (values [B, H, N_pad, D] fp32 integers in [-127, 127], scale [B, H, D]). A zero channel gets scale 0."""
     v = _check_tensor(v, "v", layout)
     B, H, N, d = v.shape

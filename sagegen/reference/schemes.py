@@ -34,7 +34,7 @@ SCHEMES = {
         Scheme("sage2-i4-thread", "INT4 per-thread Q/K, smoothed Q; FP8 P.V, two-level accumulation", "sage2",
                "sage2_attention", {"qk_format": "int4", "granularity": "thread", "smooth_q": True}),
         Scheme("sage2-i8pv", "INT8 per-thread Q/K; INT8 P.V (P = round(255 p / p_b) per block row, V per "
-               "channel), exact accumulation (a study: no kernel)", "sage2", "sage2_attention",
+               "channel), exact accumulation (attn_wgmma pv=i8, precision='balanced')", "sage2", "sage2_attention",
                {"granularity": "thread", "pv": "int8", "row_sum": "pv"}),
         Scheme("sage2pp-i8", "INT8 per-thread Q/K; FP8 P.V with fp16 accumulation, V scaled to +-2.25", "sage2pp",
                "sage2pp_attention"),

@@ -14,8 +14,9 @@ Precision classes (``PRECISIONS``), each a set of families:
     variants run only when named through ``attention(variant=...)``).
 
 Short keys (``nk`` <= 128, ``nq`` <= SHORT_MAX_QUERIES, output dtype = input dtype): the attn_short variants come
-first among the kernels in either precision (the SDPA rule below still takes the calls SDPA can compute). They quantize inside the kernel (one launch, no quantization buffers) and run FP16 P.V,
-at least as accurate as either precision promises. H100 (scripts/short_bench.py, BENCHMARKS.md): host time per
+first among the kernels in every precision (the SDPA rule below still takes the calls SDPA can compute). They
+quantize inside the kernel (one launch, no quantization buffers) and run FP16 P.V, at least as accurate as any
+precision promises. H100 (scripts/short_bench.py, BENCHMARKS.md): host time per
 call 40% lower than the two-launch path, GPU time 10-30% lower up to 2k queries.
 
 Heuristic (``heuristic``), used whenever nothing was measured for the key:
@@ -110,8 +111,11 @@ SDPA_FASTER = {
     ("sm90a", "fast"): {(128, False): 2048, (128, True): 4096, (64, False): 4096, (64, True): 8192,
                         (256, False): 2048, (256, True): 4096},
     ("sm90a", "accurate"): {(128, False): 4096, (128, True): 4096, (64, False): 4096, (64, True): 8192,
-                            (256, False): 4096, (256, True): 8192},    # balanced (INT8 P.V, eleventh session): PROVISIONAL = fast's limits at d=64/128 until bench.py measures it;
-    # d=256 runs the accurate kernels (no INT8 P.V there), so the accurate limits
+                            (256, False): 4096, (256, True): 8192},
+    # balanced (INT8 P.V, eleventh session, one same-call run, H100, BENCHMARKS.md): cuDNN won up to 4k keys at
+    # d=128 causal (e2e 457 vs 531) and at d=64 (427 vs 447), up to 8k at d=64 causal (425 vs 475); the kernel won
+    # from 4k at d=128 (630 vs 598), 8k at d=128 causal and d=64 (1.08-1.28x), 16k at d=64 causal (1.13x). d=256
+    # runs the accurate kernels (no INT8 P.V there), so the accurate limits.
     ("sm90a", "balanced"): {(128, False): 2048, (128, True): 4096, (64, False): 4096, (64, True): 8192,
                             (256, False): 4096, (256, True): 8192},
 }

@@ -362,13 +362,13 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
   };
   // e4m3: O's channel half `half` = O * alpha_j + the block's P.V for it (in ob, retired).
   // int8: O = tile * merge + O. The tile's sums x lie in [0, 128 * 255 * 255] < 2^23, so read as floats they are
-  // the denormals x * 2^-149, exactly: no conversion instruction (the FFMA takes denormals at full rate; the
-  // kernel is compiled without flush-to-zero).
+  // the denormals x * 2^-149, exactly: no conversion instruction (FFMA handles denormal operands in hardware;
+  // fma_keep_denormals keeps them whatever the compile flags).
   auto merge_pv = [&](const float (&a)[1][2], int half) {
 #pragma unroll
     for (int i = 0; i < C::kPvCols / 2; ++i) {
       float& out = o[half * (C::kPvCols / 2) + i];
-      if constexpr (C::kPvI8) out = fmaf(ob[i], u8_merge[(i >> 1) & 1], out);
+      if constexpr (C::kPvI8) out = attn::fma_keep_denormals(ob[i], u8_merge[(i >> 1) & 1], out);
       else out = fmaf(out, a[0][(i >> 1) & 1], ob[i]);
     }
   };

@@ -69,6 +69,15 @@ __device__ __forceinline__ bool block_scaled_softmax(float (&s)[kNTiles][4], flo
   return __any_sync(0xffffffffu, moved);
 }
 
+// d = a * b + c keeping denormal operands: O's merge reads the P.V tile's int32 sums as denormal floats, which a
+// flush-to-zero FFMA (fma.rn.ftz, as -ftz=true or fast-math would make fmaf) turns into 0. Spelled in PTX so the
+// kernel stays right whatever flags it is compiled with.
+__device__ __forceinline__ float fma_keep_denormals(float a, float b, float c) {
+  float d;
+  asm("fma.rn.f32 %0, %1, %2, %3;" : "=f"(d) : "f"(a), "f"(b), "f"(c));
+  return d;
+}
+
 // Four values in [0, 255] -> four u8 (the lowest from a), each rounded to nearest even: fp16 holds x < 256 to
 // 1/8 or finer, and 1024 + x in fp16 has a unit step, so the sum's low byte is the rounded x. Two F2FP, two HADD2
 // and one PRMT; the reference rounds the same way (fp16 first, then to an integer).
