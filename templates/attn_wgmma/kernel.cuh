@@ -18,7 +18,7 @@
 // With INT8 P.V (kPvI8): P = u8(255 p / p_b), each block row scaled to its own largest probability
 // (attn_wgmma/softmax_u8.cuh); V INT8 per channel, stored offset by 128 (u8) in the e4m3 image's byte layout. The
 // u8 . u8 MMA sums a block exactly into a fresh int32 tile, whose non-negative sums read as denormal floats enter O
-// with one FFMA each (o = tile * merge + o); the offset comes out once at the end (128 times the row sum of P).
+// with one FFMA each (o = o * gamma + tile); the offset comes out once at the end (128 times the row sum of P).
 #pragma once
 #include "common/numeric.cuh"
 #include "common/attn_common.cuh"
@@ -244,10 +244,9 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
   float ob[C::kPvF16 ? 1 : kPvChunks * 4];  // e4m3: one block's P.V (the two-level accumulation's inner level),
                                             // or one half of its channels (kPvHalves); int8: as int32
   auto& ob_i = reinterpret_cast<uint32_t(&)[C::kPvF16 ? 1 : kPvChunks * 4]>(ob);
-  // INT8 P.V: the per-row state of softmax_u8.cuh, the block's merge factors, and p_sum[r]: this thread's sum of
-  // the block's u8 P (dp4a over the packed bytes: exact, no FADD per score).
+  // INT8 P.V: the per-row state of softmax_u8.cuh, and p_sum[r]: this thread's sum of the block's u8 P (dp4a over
+  // the packed bytes: exact, no FADD per score).
   attn::BlockScaledRows u8rows;
-  float u8_merge[2];
   uint32_t p_sum[2] = {0u, 0u};
   float alpha[1][2], alpha_next[1][2];
 
@@ -296,8 +295,10 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
       attn::apply_mask<C::kCausal, kNChunks>(sc, row0, col0, p.nk, p.causal_offset);
     // A NaN scale (NaN inputs) must survive the floor: the comparison is false for NaN.
     const float qk = q_scale * k_scale, scale = qk < attn::kMinScale ? attn::kMinScale : qk;
-    if constexpr (C::kPvI8)  // a: O's rescale where o_ref moved (rescale_o); u8_merge: finish_pv's factors
-      return attn::block_scaled_softmax<kNChunks>(sc, scale, u8rows, u8_merge, a[0], kScoreBias);
+    if constexpr (C::kPvI8) {  // a: each row's gamma, applied in finish_pv's merge (no rescale of O here)
+      attn::block_scaled_softmax<kNChunks>(sc, scale, u8rows, a[0], kScoreBias);
+      return false;
+    }
     const float scales[1][2] = {{scale, scale}};
     // e4m3: slack 0, the reference max moves on every increase, so 448 p stays within e4m3's range.
     return attn::online_softmax<1, kNChunks, C::kSlack, !C::kMmaRowSum, /*kOrderedBits=*/true>(
@@ -361,14 +362,14 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
     }
   };
   // e4m3: O's channel half `half` = O * alpha_j + the block's P.V for it (in ob, retired).
-  // int8: O = tile * merge + O. The tile's sums x lie in [0, 128 * 255 * 255] < 2^23, so read as floats they are
+  // int8: O = O * gamma + tile. The tile's sums x lie in [0, 128 * 255 * 255] < 2^23, so read as floats they are
   // the denormals x * 2^-149, exactly: no conversion instruction (FFMA handles denormal operands in hardware;
   // fma_keep_denormals keeps them whatever the compile flags).
   auto merge_pv = [&](const float (&a)[1][2], int half) {
 #pragma unroll
     for (int i = 0; i < C::kPvCols / 2; ++i) {
       float& out = o[half * (C::kPvCols / 2) + i];
-      if constexpr (C::kPvI8) out = attn::fma_keep_denormals(ob[i], u8_merge[(i >> 1) & 1], out);
+      if constexpr (C::kPvI8) out = attn::fma_keep_denormals(out, a[0][(i >> 1) & 1], ob[i]);
       else out = fmaf(out, a[0][(i >> 1) & 1], ob[i]);
     }
   };
@@ -379,10 +380,9 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
     __syncwarp();
     if (lane == 0) sm90::mbar_arrive(&sm.empty[stage_of(j)]);  // this warp is done with the stage
     if constexpr (!C::kPvF16) merge_pv(a, C::kPvHalves - 1);
-    if constexpr (C::kPvI8) {  // the row sums in O's units (rescale_o applied alpha already)
+    if constexpr (C::kPvI8) {  // the row sums under the same gammas
 #pragma unroll
-      for (int r = 0; r < 2; ++r)
-        u8rows.sum[r] = fmaf(float(p_sum[r]), u8_merge[r] * attn::kU8Denorm, u8rows.sum[r]);
+      for (int r = 0; r < 2; ++r) u8rows.sum[r] = fmaf(u8rows.sum[r], a[0][r], float(p_sum[r]));
     }
     if constexpr (C::kMmaRowSum && !C::kPvF16) {  // the tile's column kPvCols (element 0 of each row half) = the
       constexpr int kSum = 4 * (C::kPvCols / 8);      // row's sum of P (fp16: O's own column D, read at the end)
@@ -390,14 +390,9 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
       st.sum[1] = fmaf(st.sum[1], a[0][1], ob[kSum + 2]);
     }
   };
-  // fp16 P.V accumulates into O itself, and int8 merges in O's units: rescale O (and int8's row sums) before the
-  // next block's P.V, only when a row's reference moved.
+  // fp16 P.V accumulates into O itself: rescale O before the next block's P.V, only when a row's max moved.
   auto rescale_o = [&](bool moved, const float (&a)[1][2]) {
-    if constexpr (C::kPvI8) {
-      u8rows.sum[0] *= a[0][0];
-      u8rows.sum[1] *= a[0][1];
-    }
-    if constexpr (C::kPvF16 || C::kPvI8) {
+    if constexpr (C::kPvF16) {
       if (moved) {
 #pragma unroll
         for (int i = 0; i < C::kOCols / 2; ++i) o[i] *= a[0][(i >> 1) & 1];  // with the row-sum columns
@@ -506,11 +501,11 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
     st.sum[0] = o[4 * kDChunks];
     st.sum[1] = o[4 * kDChunks + 2];
   }
-  if constexpr (C::kPvI8) {  // l and the LSE's reference: O's units are 2^(o_ref + 64)
+  if constexpr (C::kPvI8) {  // l and the LSE's reference: the last block's m_q
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       st.sum[r] = u8rows.sum[r];
-      st.max[r] = u8rows.o_ref[r] + 64.f;
+      st.max[r] = u8rows.ref[r];
     }
   }
   float2 vs[kDChunks];
@@ -522,8 +517,9 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
     const int row = row0 + 8 * r;
     const float l = C::kMmaRowSum ? st.sum[r] : attn::quad_sum(st.sum[r]);  // the MMA already summed the quad
     const float inv = l > 0.f ? 1.f / l : 0.f;  // a row that sees no key gets 0 (and lse = -inf)
-    // int8: V's offset of 128 added 128 * (the row's sum of P) to every channel of O
-    auto value = [&](int i) { return C::kPvI8 ? fmaf(l, -128.f, o[i]) : o[i]; };
+    // int8: O in units of 2^-149 (two exact steps of 2^100 and 2^49: O < 2^-56), less V's offset of 128, which
+    // added 128 * (the row's sum of P) to every channel
+    auto value = [&](int i) { return C::kPvI8 ? fmaf(o[i] * 0x1p100f, 0x1p49f, -128.f * l) : o[i]; };
     if (row >= p.nq) continue;
     typename C::Out* orow = static_cast<typename C::Out*>(p.o) + b * p.o_sb + h * p.o_sh + row * p.o_sn;
 #pragma unroll

@@ -2,13 +2,14 @@
 // largest probability p_b = max(max_j p_j, 2^-60) (p against the running max), so every block uses the whole u8
 // range however far below the running max its scores sit; the reference's pv="int8" (sagegen/reference/_intqk.py).
 //
-// In log2 units: the block's reference is m_q = max(block max, running max - 60) and P = 255 * 2^(s - m_q). O and
-// the row sum keep the units 2^(o_ref + 64), o_ref a lazily moved running max (it moves only when the running max
-// passes it by more than kU8Slack; then O *= alpha, rarely after the first blocks), so each block enters O scaled
-// by merge = 2^(m_q - o_ref + 85): applied to the P.V tile's int32 sums read as denormal floats (x * 2^-149, exact
-// for 0 <= x < 2^23), that is x * 2^(m_q - o_ref - 64), one FFMA per output element (kernel.cuh finish_pv). The
-// bounds keep every factor in fp32's range: m_q - o_ref lies in [-60, kU8Slack], so merge in
-// [2^25, 2^101] and O's terms stay normal numbers.
+// In log2 units: the block's reference is m_q = max(block max, running max - 60) and P = 255 * 2^(s - m_q). O keeps
+// the units of the last block's m_q, in multiples of 2^-149: the P.V tile's int32 sums x (0 <= x < 2^23), read as
+// floats, are exactly the denormals x * 2^-149, so a block merges as o = o * gamma + tile with
+// gamma = 2^(previous m_q - m_q): one FFMA per output element (kernel.cuh merge_pv), no conversion, and no branch to
+// rescale O (gamma applies every block, as the exp per row it costs). O is an fp32 with at least the resolution of
+// one integer unit of the current block's sums (denormal below 2^-126, normal above); the floor bounds gamma by
+// 2^60, so O stays below 2^93 units (2^-56) for up to 2^10 blocks. The row sum l follows the same gammas in units of
+// P (normal floats); the epilogue scales O by 2^149.
 #pragma once
 #include "common/numeric.cuh"
 #include "attn_mma/softmax.cuh"
@@ -17,24 +18,21 @@ namespace sagegen::attn {
 
 constexpr float kLog2U8Max = 7.994353436858858f;  // log2(255): P's gain, folded into the exp's argument
 constexpr float kU8FloorLog2 = 60.f;              // p_b >= 2^-60 (the reference's U8_FLOOR)
-constexpr float kU8Slack = 16.f;                  // o_ref lags the running max by at most this (log2 units)
-constexpr float kU8MergeLog2 = 85.f;              // merge = 2^(m_q - o_ref + 85); O's units 2^(o_ref + 64)
-constexpr float kU8Denorm = 1.40129846e-45f;      // 2^-149: an int32 x < 2^23 read as a float is x times this
 
 // The two rows a thread holds in one 16-row m-tile.
 struct BlockScaledRows {
   float run_max[2] = {kNegInf, kNegInf};  // the running max of each row (log2 units)
-  float o_ref[2] = {kNegInf, kNegInf};    // O's units are 2^(o_ref + 64)
-  float sum[2] = {0.f, 0.f};              // this thread's part of l, in O's units (the quad reduces it at the end)
+  float ref[2] = {kNegInf, kNegInf};      // m_q of the last block: O's and sum's units
+  float sum[2] = {0.f, 0.f};              // this thread's part of l (the quad reduces it at the end)
 };
 
 // One key block of biased raw scores (kernel.cuh's kScoreBias; masked ones -inf, so their int32 patterns order
-// like their values) -> 255 * 2^(s - m_q) in s; each row's merge factor, and alpha (O *= alpha) where o_ref moved.
-// scale: this thread's raw score -> log2 units (q_scale * k_scale * sm_scale * log2 e). Returns whether any row of
-// the warp moved o_ref.
+// like their values) -> 255 * 2^(s - m_q) in s, and each row's merge factor gamma. scale: this thread's raw score
+// -> log2 units (q_scale * k_scale * sm_scale * log2 e). A NaN scale (NaN in Q or K) makes gamma NaN: u8 P cannot
+// carry a NaN to the output as e4m3 P does, so O does (NaN inputs propagate, never become finite garbage).
 template <int kNTiles>
-__device__ __forceinline__ bool block_scaled_softmax(float (&s)[kNTiles][4], float scale, BlockScaledRows& st,
-                                                     float (&merge)[2], float (&alpha)[2], float score_bias) {
+__device__ __forceinline__ void block_scaled_softmax(float (&s)[kNTiles][4], float scale, BlockScaledRows& st,
+                                                     float (&gamma)[2], float score_bias) {
   float block_max[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -47,17 +45,15 @@ __device__ __forceinline__ bool block_scaled_softmax(float (&s)[kNTiles][4], flo
     // Scale before the quad reduction: with per-thread K scales the 4 lanes of a row scale differently.
     block_max[r] = quad_max((__int_as_float(max3_tree(m)) - score_bias) * scale);
   }
-  bool moved = false;
+  const float nan_if_nan = fmaf(scale, 0.f, 1.f);  // 1, or NaN for a NaN (or infinite) scale
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const float run_max = fmaxf(st.run_max[r], block_max[r]);
     const float ref = fmaxf(block_max[r], run_max - kU8FloorLog2);  // m_q; -inf while the row has seen no key
-    const bool up = run_max > st.o_ref[r] + kU8Slack;               // the first visible key included
-    alpha[r] = up ? exp2_approx(st.o_ref[r] - run_max) : 1.f;      // o_ref = -inf: 0 (O is still empty)
-    st.o_ref[r] = up ? run_max : st.o_ref[r];
+    // ref == previous (both -inf included: no NaN from -inf - -inf) -> 1; the first visible block -> 0
+    gamma[r] = (ref == st.ref[r] ? 1.f : exp2_approx(st.ref[r] - ref)) * nan_if_nan;
     st.run_max[r] = run_max;
-    merge[r] = ref == kNegInf ? 0.f : exp2_approx(ref - st.o_ref[r] + kU8MergeLog2);
-    moved |= up;
+    st.ref[r] = ref;
     // A row with no visible key yet exponentiates against 0: its -inf scores give 0, not NaN.
     const float neg_ref = (ref == kNegInf ? 0.f : -ref) + kLog2U8Max - score_bias * scale;
 #pragma unroll
@@ -66,11 +62,11 @@ __device__ __forceinline__ bool block_scaled_softmax(float (&s)[kNTiles][4], flo
       s[j][2 * r + 1] = exp2_approx(fmaf(s[j][2 * r + 1], scale, neg_ref));
     }
   }
-  return __any_sync(0xffffffffu, moved);
 }
 
-// d = a * b + c keeping denormal operands: O's merge reads the P.V tile's int32 sums as denormal floats, which a
-// flush-to-zero FFMA (fma.rn.ftz, as -ftz=true or fast-math would make fmaf) turns into 0. Spelled in PTX so the
+// d = a * b + c keeping denormal operands and results: O's merge reads the P.V tile's int32 sums as denormal
+// floats, and O itself is often denormal, which a flush-to-zero FFMA (fma.rn.ftz, as -ftz=true or fast-math would
+// make fmaf) turns into 0. Spelled in PTX so the
 // kernel stays right whatever flags it is compiled with.
 __device__ __forceinline__ float fma_keep_denormals(float a, float b, float c) {
   float d;

@@ -147,14 +147,16 @@ def test_poisoned_output_every_element_written_and_no_more(gpu_kernels, n, layou
     assert torch.isnan(buf[rest]).all()
 
 
-def test_nan_propagates_like_sdpa(gpu_kernels):
-    """A NaN in K or V poisons its (batch, kv head): those heads' outputs are NaN, every other head is finite."""
+@pytest.mark.parametrize("precision", ["fast", "balanced", "accurate"])
+def test_nan_propagates_like_sdpa(gpu_kernels, precision):
+    """A NaN in K or V poisons its (batch, kv head): those heads' outputs are NaN, every other head is finite. In
+    every precision (balanced's u8 P cannot hold a NaN: its kernel carries it through O's merge factor)."""
     q, k, v = inputs(B=2, Hq=4, Hkv=2, nq=256, nk=256, d=128, seed=7)
     k = k.clone()
     k[1, 0, 100, 5] = float("nan")
     v = v.clone()
     v[0, 1, 3, 7] = float("inf")
-    o = sagegen.attention(q, k, v, sdpa_fallback=False)
+    o = sagegen.attention(q, k, v, sdpa_fallback=False, precision=precision)
     nan_heads = {(1, 0), (1, 1), (0, 2), (0, 3)}  # kv head 0 of batch 1 feeds q heads 0, 1; kv 1 of batch 0: 2, 3
     for b in range(2):
         for h in range(4):
@@ -164,7 +166,7 @@ def test_nan_propagates_like_sdpa(gpu_kernels):
                 assert torch.isfinite(o[b, h]).all(), (b, h)
     q2, k2, v2 = inputs(B=2, Hq=4, Hkv=2, nq=256, nk=256, d=128, seed=7)
     q2[0, 3, 10, 0] = float("nan")  # one Q element: its scale group's rows (row 10 among them) become NaN
-    o2 = sagegen.attention(q2, k2, v2, sdpa_fallback=False)
+    o2 = sagegen.attention(q2, k2, v2, sdpa_fallback=False, precision=precision)
     assert torch.isnan(o2[0, 3, 10]).all() and torch.isfinite(o2[1]).all() and torch.isfinite(o2[0, :3]).all()
 
 
