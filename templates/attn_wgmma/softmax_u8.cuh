@@ -78,6 +78,17 @@ __device__ __forceinline__ float fma_keep_denormals(float a, float b, float c) {
 // 1/8 or finer, and 1024 + x in fp16 has a unit step, so the sum's low byte is the rounded x. Two F2FP, two HADD2
 // and one PRMT; the reference rounds the same way (fp16 first, then to an integer).
 __device__ __forceinline__ uint32_t pack_u8x4(float a, float b, float c, float d) {
+#ifdef SAGEGEN_PROBE_U8_F2IP  // ablation probe (scripts/probe_wgmma.py): cvt.rni.s32.f32 + cvt.pack.sat.u8, which
+  // ptxas fuses into one F2IP.U8.F32 per two values (2 instructions per four instead of 5; rounds once). Measured
+  // (H100, eleventh session): a tie at d=128, 2-4% slower at d=64, where the exp unit sets the pace
+  {
+    uint32_t cd, abcd;  // cvt.pack.sat.u8.s32.b32 r, x, y, z: r = z << 16 | sat(x) << 8 | sat(y)
+    asm("cvt.pack.sat.u8.s32.b32 %0, %1, %2, 0;" : "=r"(cd) : "r"(__float2int_rn(d)), "r"(__float2int_rn(c)));
+    asm("cvt.pack.sat.u8.s32.b32 %0, %1, %2, %3;" : "=r"(abcd) : "r"(__float2int_rn(b)), "r"(__float2int_rn(a)),
+        "r"(cd));
+    return abcd;
+  }
+#endif
   const __half2 k1024 = __float2half2_rn(1024.f);
   const __half2 lo = __hadd2(__floats2half2_rn(a, b), k1024), hi = __hadd2(__floats2half2_rn(c, d), k1024);
   return __byte_perm(*reinterpret_cast<const uint32_t*>(&lo), *reinterpret_cast<const uint32_t*>(&hi), 0x6420);

@@ -142,6 +142,7 @@ def test_overhead_profile_help(capsys):
 
 
 PROBE_SPEC = "attn_wgmma_sm90a_qk_i8_pv_e4m3_o_bf16_d64_m128_n128_s3_ovl_free_rs_mma_qg_thread_kg_thread_full"
+PROBE_SPEC_I8 = "attn_wgmma_sm90a_qk_i8_pv_i8_o_bf16_d64_m192_n128_s2_seq_free_rs_dp4a_qg_thread_kg_thread_full"
 
 
 def test_probe_source_defines_each_probe_in_front_of_the_variant():
@@ -160,7 +161,7 @@ def test_probe_source_defines_each_probe_in_front_of_the_variant():
 def test_every_probe_changes_the_compiled_kernel():
     """A probe whose hook moved or vanished would time the unchanged kernel and report a false finding: each one
     must have its #if in the headers and must change the PTX NVRTC makes. SPLIT_LOOP is checked on a d=128 FP8
-    variant: the d=64 one already runs the two-halves loop."""
+    variant: the d=64 one already runs the two-halves loop; U8_F2IP on an INT8 P.V variant (it packs u8 P)."""
     probe = load("probe_wgmma")
     from sagegen.compiler import compile_ptx
     from sagegen.variants import spec_from_name
@@ -171,7 +172,8 @@ def test_every_probe_changes_the_compiled_kernel():
     base = {}
     for name in probe.PROBES:
         assert f"SAGEGEN_PROBE_{name}" in headers, name
-        spec = spec_from_name(PROBE_SPEC.replace("_d64_", "_d128_") if name == "SPLIT_LOOP" else PROBE_SPEC)
+        spec = spec_from_name(PROBE_SPEC.replace("_d64_", "_d128_") if name == "SPLIT_LOOP" else
+                              PROBE_SPEC_I8 if name == "U8_F2IP" else PROBE_SPEC)
         if spec.name not in base:
             base[spec.name] = strip(compile_ptx(spec.name, probe.probe_source(spec, "none"), spec.arch))
         ptx = strip(compile_ptx(spec.name, probe.probe_source(spec, name), spec.arch))
