@@ -19,8 +19,8 @@ kernel header's hooks; the generator never sets them) and times it kernel-only o
   U8_PACK_F16 the same codes through f16x2 (1024 + x rounds x in f16): two F2FP + two HADD2 + one PRMT per four
   U8_F2IP     INT8 P.V variants (pv=i8): P packed by cvt.rni + cvt.pack.sat (one F2IP per two values) instead of
               the shipped f16x2 path; a real attention, rounded once
-TRACE, SPLIT_LOOP, FLOAT_MAX, CHORD_EXP, U8_PACK, U8_PACK_F16 and U8_F2IP exist in the wgmma kernel only; the mma.sync kernel
-(attn_mma specs) has the other five.
+TRACE, SPLIT_LOOP, FLOAT_MAX, CHORD_EXP, U8_PACK, U8_PACK_F16 and U8_F2IP exist in the wgmma kernel only; the
+mma.sync kernel (attn_mma specs) has the other five.
 Probes combine with '+', e.g. NO_LOAD+NO_SOFTMAX is the MMA issue rate with nothing else in the way. Outputs are
 garbage under every probe but 'none', CHORD_EXP and U8_F2IP; only the times mean something. --exact prints
 each probe's rel-L1 against fp32 attention (torch SDPA on fp32 copies).

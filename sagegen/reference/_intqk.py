@@ -9,10 +9,11 @@ P.V paths (k-step = keys per mma instruction: 16 for fp16 m16n8k16, 32 for e4m3 
   "fp32": P and V unquantized, fp32 accumulation (isolates the Q.K error; no kernel does this).
   "fp16": P and V rounded to fp16; pv_accum "fp32" accumulates in fp32, "fp16" rounds an fp16 accumulator after
           every k-step and adds it into the fp32 output once per key block.
-  "int8": INT8 P.V (u8 x s8 wgmma; the attn_wgmma family's pv=i8, the "balanced" precision). Each row
+  "int8": INT8 P.V (the attn_wgmma family's pv=i8, the "balanced" precision: a u8 x u8 wgmma with V stored + 128;
+          the same sums). Each row
           of a key block is quantized against its own largest probability p_b = max(max_j p_j, 2^-60):
-          P~ = round(fp16(255 p / p_b)) (unsigned 8-bit), so every block uses the whole u8 range, however far its scores
-          sit below the running max; V is INT8 with per-channel scales amax_c / 127. The integer products of a
+          P~ = round(fp16(255 p / p_b)) (unsigned 8-bit), so every block uses the whole u8 range, however far its
+          scores sit below the running max; V is INT8 with per-channel scales amax_c / 127. The integer products of a
           block are exact (int32: 128 * 255 * 127 < 2^31) and enter O times p_b / 255 (a kernel folds p_b into the
           per-row rescale factor it already has). Without the per-block scale (P~ = round(255 p)) the many small
           probabilities of long, peaked rows round to 0: rel-L1 0.11 at 16k keys with q doubled.

@@ -30,7 +30,7 @@
 
 namespace sagegen::attn_wg {
 
-// P.V operand formats (the spec's pv): e4m3 P and V, fp16 P and V, u8 P with s8 V.
+// P.V operand formats (the spec's pv): e4m3 P and V, fp16 P and V, u8 P with INT8 V (stored + 128 as u8).
 enum PvFormat : int { kPvE4m3 = 0, kPvFp16 = 1, kPvInt8 = 2 };
 
 template <int D, int BlockN, int Consumers, int Stages, bool Overlap, bool PingPong, bool MmaRowSum, int PvFmt,
@@ -240,7 +240,7 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
   attn::RowState& st = rows[0];
   float sc[kNChunks][4];           // scores of one block: biased int32 from the MMA, then probabilities
   auto& s_acc = reinterpret_cast<uint32_t(&)[kNChunks * 4]>(sc);
-  uint32_t pa[kPSteps][4];         // P (e4m3 or fp16) as the A operand of the P.V k-steps
+  uint32_t pa[kPSteps][4];         // P (e4m3, fp16 or u8) as the A operand of the P.V k-steps
   float ob[C::kPvF16 ? 1 : kPvChunks * 4];  // e4m3: one block's P.V (the two-level accumulation's inner level),
                                             // or one half of its channels (kPvHalves); int8: as int32
   auto& ob_i = reinterpret_cast<uint32_t(&)[C::kPvF16 ? 1 : kPvChunks * 4]>(ob);

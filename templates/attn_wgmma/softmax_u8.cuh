@@ -66,8 +66,7 @@ __device__ __forceinline__ void block_scaled_softmax(float (&s)[kNTiles][4], flo
 
 // d = a * b + c keeping denormal operands and results: O's merge reads the P.V tile's int32 sums as denormal
 // floats, and O itself is often denormal, which a flush-to-zero FFMA (fma.rn.ftz, as -ftz=true or fast-math would
-// make fmaf) turns into 0. Spelled in PTX so the
-// kernel stays right whatever flags it is compiled with.
+// make fmaf) turns into 0. Spelled in PTX so the kernel stays right whatever flags it is compiled with.
 __device__ __forceinline__ float fma_keep_denormals(float a, float b, float c) {
   float d;
   asm("fma.rn.f32 %0, %1, %2, %3;" : "=f"(d) : "f"(a), "f"(b), "f"(c));
