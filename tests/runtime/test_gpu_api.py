@@ -196,11 +196,13 @@ def test_deterministic(gpu_kernels):
 
 
 # --- torch.compile, CUDA graphs, streams, devices -----------------------------------------------------------------
-def test_torch_compile_fullgraph_matches_eager(gpu_kernels):
+@pytest.mark.parametrize("precision", ["fast", "balanced", "accurate"])
+def test_torch_compile_fullgraph_matches_eager(gpu_kernels, precision):
     q, k, v = inputs(B=2, Hq=4, Hkv=2, nq=300, nk=517, d=128, seed=11)
 
     def f(q, k, v):
-        o, lse = sagegen.attention(q, k, v, is_causal=True, return_lse=True, sdpa_fallback=False)
+        o, lse = sagegen.attention(q, k, v, is_causal=True, return_lse=True, sdpa_fallback=False,
+                                   precision=precision)
         return o * 2, lse
 
     eager = f(q, k, v)
@@ -219,9 +221,10 @@ def test_torch_compile_sdpa_entry_point(gpu_kernels):
     torch.testing.assert_close(f(q, k, v), sagegen.sdpa(q, k, v, is_causal=True), rtol=0, atol=0)
 
 
-def test_cuda_graph_capture_and_replay(gpu_kernels):
+@pytest.mark.parametrize("precision", ["fast", "balanced", "accurate"])
+def test_cuda_graph_capture_and_replay(gpu_kernels, precision):
     q, k, v = inputs(B=2, Hq=4, Hkv=2, nq=1000, nk=1000, d=128, seed=13)
-    kw = dict(is_causal=True, return_lse=True, sdpa_fallback=False)
+    kw = dict(is_causal=True, return_lse=True, sdpa_fallback=False, precision=precision)
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):  # warm-up on a side stream, as torch's CUDA-graph docs ask
