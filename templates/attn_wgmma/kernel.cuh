@@ -70,9 +70,10 @@ struct Config {
   // One block at a time (ninth session, same calls): +5-15% for FP8 P.V at d=64 non-causal with the MMA row sum
   // (three warpgroups, 4k-32k); a tie for FP16 P.V at d=128 (ptxas then spills 32 bytes) and -3% to 0 for FP8 at
   // d=128.
-  // INT8 P.V at d=64 non-causal (eleventh session, SPLIT_LOOP probe, same call): +4-5% (531-543 -> 552-565).
+  // INT8 P.V non-causal (eleventh session, SPLIT_LOOP probe, same calls): +4-5% at d=64 (531-543 -> 552-565),
+  // +3-7% at d=128 (891-925 -> 918-971, 8k-32k, twice; ptxas: 8 bytes of spill instead of 4).
   static constexpr bool kSplitMaskLoop =
-      !Causal && ((D == 64 && !PvF16 && (MmaRowSum || kPvI8)) || (Overlap && PvF16 && D == 128));
+      !Causal && ((D == 64 && MmaRowSum && !PvF16) || kPvI8 || (Overlap && PvF16 && D == 128));
 #else
   static constexpr bool kSplitMaskLoop = true;
 #endif
