@@ -122,7 +122,8 @@ def test_v_image_round_trips_fp8_bytes(D):
 
 @pytest.mark.parametrize("D", [64, 128, 256])
 def test_v_image_of_int8_is_the_fp8_image_of_the_same_bytes(D):
-    """v mode i8w: int8 V in the e4m3 image's byte layout; the image functions move int8 as they move e4m3."""
+    """v mode i8w: 8-bit V (int8 values stored + 128) in the e4m3 image's byte layout; the image functions move such
+    bytes as they move e4m3."""
     vt = torch.randint(-127, 128, (2, 3, D, 384), generator=torch.Generator().manual_seed(D), dtype=torch.int8)
     img = v_to_image(vt)
     assert img.shape == (2, 3, 3, D, 128) and img.dtype == torch.int8

@@ -53,7 +53,8 @@ def test_image_launch_reuses_the_fp8_stats_and_passes_qk_image(recorded, qk_imag
 
 
 def test_int8_v_image_launch_reuses_the_fp8_stats(recorded):
-    """i8w: the stats pass is the e4m3t one (V's amax), the qkv pass writes int8 in the e4m3w image's shape."""
+    """i8w: the stats pass is the e4m3t one (V's amax), the qkv pass writes int8 + 128 (u8) in the e4m3w image's
+    shape."""
     z = quant.quantize(*_qkv(), layout="HND", q_groups=QG, k_groups=KG, v_mode="i8w", qk_image=True)
     (stats, _, stats_args), (qkv, _, args) = recorded
     assert (stats.op, stats.v) == ("stats", "e4m3t") and (qkv.op, qkv.v) == ("qkv", "i8w")
