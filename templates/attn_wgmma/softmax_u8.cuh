@@ -2,7 +2,8 @@
 // largest probability p_b = max(max_j p_j, 2^-60) (p against the running max), so every block uses the whole u8
 // range however far below the running max its scores sit; the reference's pv="int8" (sagegen/reference/_intqk.py).
 //
-// In log2 units: the block's reference is m_q = max(block max, running max - 60) and P = 255 * 2^(s - m_q). O keeps
+// In log2 units: the block's reference is m_q = max(block max, running max - 60) and P = 255 * 2^(s - m_q) (never
+// above 255: see the rounding of the folded score bias in block_scaled_softmax). O keeps
 // the units of the last block's m_q, in multiples of 2^-149: the P.V tile's int32 sums x (0 <= x < 2^23), read as
 // floats, are exactly the denormals x * 2^-149, so a block merges as o = o * gamma + tile with
 // gamma = 2^(previous m_q - m_q): one FFMA per output element (kernel.cuh merge_pv), no conversion, and no branch to
@@ -33,7 +34,7 @@ struct BlockScaledRows {
 template <int kNTiles>
 __device__ __forceinline__ void block_scaled_softmax(float (&s)[kNTiles][4], float scale, BlockScaledRows& st,
                                                      float (&gamma)[2], float score_bias) {
-  float block_max[2];
+  float block_max[2], own_max[2];  // the row's (quad) max in log2 units; this lane's largest raw score
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     int m[2 * kNTiles];
@@ -42,8 +43,9 @@ __device__ __forceinline__ void block_scaled_softmax(float (&s)[kNTiles][4], flo
       m[2 * j] = __float_as_int(s[j][2 * r]);
       m[2 * j + 1] = __float_as_int(s[j][2 * r + 1]);
     }
+    own_max[r] = __int_as_float(max3_tree(m));
     // Scale before the quad reduction: with per-thread K scales the 4 lanes of a row scale differently.
-    block_max[r] = quad_max((__int_as_float(max3_tree(m)) - score_bias) * scale);
+    block_max[r] = quad_max((own_max[r] - score_bias) * scale);
   }
   const float nan_if_nan = fmaf(scale, 0.f, 1.f);  // 1, or NaN for a NaN (or infinite) scale
 #pragma unroll
@@ -55,7 +57,15 @@ __device__ __forceinline__ void block_scaled_softmax(float (&s)[kNTiles][4], flo
     st.run_max[r] = run_max;
     st.ref[r] = ref;
     // A row with no visible key yet exponentiates against 0: its -inf scores give 0, not NaN.
-    const float neg_ref = (ref == kNegInf ? 0.f : -ref) + kLog2U8Max - score_bias * scale;
+    float neg_ref = (ref == kNegInf ? 0.f : -ref) + kLog2U8Max - score_bias * scale;
+    // The bias folded into neg_ref (kernel.cuh kScoreBias) costs it up to half an ulp of bias * scale: ~0.004 log2
+    // units for heavy-tailed inputs' scales, more for larger ones. Upward, that lifts this lane's largest P past
+    // 255.5, which 1024 + P in pack_u8x4 would wrap to a small byte (measured: rel-L1 0.11-0.25 on Student-t
+    // inputs). So any excess of this lane's largest exp argument over log2(255) is taken off, rounding down (a
+    // nearest-rounded step smaller than neg_ref's ulp would vanish): P <= 255, and the lanes' references keep
+    // differing by about that rounding, as they do without it. 4 instructions per row and no shuffle (a row-uniform
+    // headroom through a quad max cost 10-12% at d=64).
+    neg_ref = __fsub_rd(neg_ref, fmaxf(fmaf(own_max[r], scale, neg_ref) - kLog2U8Max, 0.f));
 #pragma unroll
     for (int j = 0; j < kNTiles; ++j) {
       s[j][2 * r] = exp2_approx(fmaf(s[j][2 * r], scale, neg_ref));

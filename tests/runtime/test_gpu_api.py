@@ -32,10 +32,11 @@ BF16, F16 = torch.bfloat16, torch.float16
 
 
 def run_and_check(request, report, q, k, v, *, causal, align="bottom_right", layout="HND", out_dtype=None,
-                  bound=0.03, lse_bound=0.05, sm_scale=None, huge_scales=False):
+                  bound=0.03, lse_bound=0.05, sm_scale=None, huge_scales=False, precision="fast"):
     """attention() with the registry's choice (SDPA fallback off), checked against exact attention (``bound``,
     for FP16 P.V: see bound_for) and against the chosen variant's emulation. Returns (o, lse, errors)."""
-    kw = dict(is_causal=causal, causal_alignment=align, tensor_layout=layout, out_dtype=out_dtype)
+    kw = dict(is_causal=causal, causal_alignment=align, tensor_layout=layout, out_dtype=out_dtype,
+              precision=precision)
     choice = api.describe(q, k, v, return_lse=True, sdpa_fallback=False, **kw)
     assert choice.kind == "kernel"
     o, lse = sagegen.attention(q, k, v, return_lse=True, sdpa_fallback=False, sm_scale=sm_scale, **kw)
@@ -53,7 +54,10 @@ def run_and_check(request, report, q, k, v, *, causal, align="bottom_right", lay
     # huge_scales: the wgmma family folds its int->float bias into the exponent FFMA, which moves a thread's scores
     # by up to 0.375 integer units (kScoreBias in templates/attn_wgmma/kernel.cuh); with Student-t inputs one unit is
     # ~0.1 in log2, so the LSE may sit a few hundredths from the emulation (the scheme itself is ~2 from exact).
-    lse_emul_bound = 0.05 if huge_scales and choice.spec.family == "attn_wgmma" else 0.01
+    # INT8 P.V on heavy tails reaches 0.086 at d=128 (H100): the same rounding, plus the step that keeps each lane's
+    # largest u8 P at or below 255 (templates/attn_wgmma/softmax_u8.cuh), which its row sum sees; the scheme itself
+    # is 1-6 nats from exact attention on these inputs.
+    lse_emul_bound = 0.1 if huge_scales and choice.spec.family == "attn_wgmma" else 0.01
     if getattr(choice.spec, "rowsum", None) == "mma":  # see test_gpu_wgmma.LSE_EMUL_BOUND_MMA_ROWSUM
         lse_emul_bound = max(lse_emul_bound, 0.07)
     assert e["lse_exact"] < lse_bound and e["lse_emul"] < lse_emul_bound, e
@@ -98,11 +102,12 @@ DISTS = {"normal": (0.03, 0.05), "outliers": (0.05, 0.05), "heavy": (0.2, 10.0),
 @pytest.mark.parametrize("dist", list(DISTS))
 @pytest.mark.parametrize("d", [64, 128, 256])
 @pytest.mark.parametrize("causal", [False, True])
-def test_distributions(gpu_kernels, report, request, dist, d, causal):
+@pytest.mark.parametrize("precision", ["fast", "balanced"])
+def test_distributions(gpu_kernels, report, request, dist, d, causal, precision):
     q, k, v = inputs(dist, B=2, Hq=4, Hkv=2, nq=1000, nk=1000, d=d, seed=seed_of(request.node.name))
     bound, lse_bound = DISTS[dist]
     run_and_check(request, report, q, k, v, causal=causal, bound=bound, lse_bound=lse_bound,
-                  huge_scales=dist == "heavy")
+                  huge_scales=dist == "heavy", precision=precision)
 
 
 @pytest.mark.parametrize("out_dtype", [F16, BF16])
