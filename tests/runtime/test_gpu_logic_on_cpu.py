@@ -149,7 +149,7 @@ def test_odd_length_test_logic(emulated_gpu, nq, nk, causal, align):
 
 
 def test_distribution_test_logic(emulated_gpu):
-    TA.test_distributions(None, _Report(), _Request(), "heavy", 64, True)
+    TA.test_distributions(None, _Report(), _Request(), "heavy", 64, True, "fast")
 
 
 # On a fake sm90a the default precision runs the wgmma family: its emulation (FP8 P.V) must pass the GPU tests'
@@ -172,10 +172,14 @@ def test_odd_length_test_logic_on_hopper(emulated_hopper, fake_hopper, nq, nk, c
 @pytest.mark.parametrize("dist", list(TA.DISTS))
 @pytest.mark.parametrize("d", [64, 128, 256])
 @pytest.mark.parametrize("causal", [False, True])
-def test_distribution_test_logic_on_hopper(emulated_hopper, dist, d, causal):
+@pytest.mark.parametrize("precision", ["fast", "balanced"])
+def test_distribution_test_logic_on_hopper(emulated_hopper, dist, d, causal, precision):
     report = _Report()
-    TA.test_distributions(None, report, _request(f"test_distributions[{causal}-{d}-{dist}]"), dist, d, causal)
-    assert report.row["variant"].startswith("attn_wgmma_sm90a_qk_i8_pv_e4m3_")  # the default precision, every d
+    TA.test_distributions(None, report, _request(f"test_distributions[{precision}-{causal}-{d}-{dist}]"), dist, d,
+                          causal, precision)
+    # fast: FP8 P.V at every d; balanced: INT8 P.V up to d = 128, the accurate kernel (FP16 P.V) at 256
+    pv = "e4m3" if precision == "fast" else ("i8" if d <= 128 else "f16")
+    assert report.row["variant"].startswith(f"attn_wgmma_sm90a_qk_i8_pv_{pv}_")
 
 
 def test_quantization_test_logic(emulated_gpu, monkeypatch):
