@@ -45,7 +45,6 @@ _lib.define(
     "attn_short(Tensor q, Tensor k, Tensor v, str variant, str layout, float sm_scale, SymInt causal_offset, "
     "bool return_lse) -> (Tensor out, Tensor lse)")
 
-V_MODES = ("none", "f16", "e4m3t", "e4m3w", "f16w", "i8w")
 V_SOURCES = ("input", "copy")  # attn_mma's v: the caller's V in ``layout``, or quantize's fp16 copy (HND, padded)
 
 _specs: dict[str, object] = {}

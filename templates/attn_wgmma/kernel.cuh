@@ -189,11 +189,8 @@ __device__ __forceinline__ uint32_t pack_e4m3x4(float a, float b, float c, float
   const uint32_t uc = __float_as_uint(c + kScoreBias), ud = __float_as_uint(d + kScoreBias);
   return __byte_perm(__byte_perm(ua, ub, 0x0040), __byte_perm(uc, ud, 0x0040), 0x5410);
 #endif
-#ifdef SAGEGEN_PROBE_U8_PACK_F16  // the same through f16x2: 1024 + x in f16 rounds x to an integer in the low bits
-  // (x < 1024), so two F2FP, two HADD2 and one PRMT pack four values
-  const __half2 k1024 = __float2half2_rn(1024.f);
-  const __half2 lo = __hadd2(__floats2half2_rn(a, b), k1024), hi = __hadd2(__floats2half2_rn(c, d), k1024);
-  return __byte_perm(*reinterpret_cast<const uint32_t*>(&lo), *reinterpret_cast<const uint32_t*>(&hi), 0x6420);
+#ifdef SAGEGEN_PROBE_U8_PACK_F16  // the same through f16x2, as the INT8 P.V kernel packs P (softmax_u8.cuh)
+  return attn::pack_u8x4(a, b, c, d);
 #endif
 #ifdef SAGEGEN_PROBE_CHORD_EXP  // the softmax left each code in bits 8..15 (attn_mma/softmax.cuh): three PRMT
   const uint32_t lo = __byte_perm(__float_as_uint(a), __float_as_uint(b), 0x0051);
