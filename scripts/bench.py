@@ -3,9 +3,10 @@ Triton package when installed, plus the quantization pass against the GPU's copy
 compact table last and writes JSON and a PNG bar chart.
 
 usage: python3 scripts/bench.py [--quick] [--n 1024 8192] [--d 128] [--causal 0 1] [--variants GLOB]
-                                [--out bench.json] [--png bench.png]
+                                [--gqa 4] [--out bench.json] [--png bench.png]
 
-TOPS = 4 * B * H * N^2 * d / time (halved when causal). B = 4, H = 32, bf16 in and out. Times are medians of
+TOPS = 4 * B * H * N^2 * d / time (halved when causal). B = 4, H = 32 query heads (32 / --gqa key/value heads), bf16
+in and out. Times are medians of
 triton.testing.do_bench (CUDA events when triton is missing). "kernel" times the attention kernel alone on inputs
 quantized once (attn_mma.Prepared + run_kernel, or attn_wgmma.quantize_for + run_kernel); "e2e" times sagegen.attention() with the SDPA fallback disabled
 (quantization + kernel + Python), running the registry's choice for the shape (heuristic, or the autotuner's with
@@ -88,7 +89,7 @@ def rel_l1(o, r) -> float:
     return ((o - r).abs().sum() / r.abs().sum().clamp_min(1e-30)).item()
 
 
-def format_table(rows: list[dict], quant_rows: list[dict], copy_gbps: float) -> str:
+def format_table(rows: list[dict], quant_rows: list[dict], copy_gbps: float, hkv: int = H) -> str:
     """The compact table printed last: TOPS per method, the e2e speed-up over the Triton SageAttention1, rel-L1 of
     sagegen's output against flash (exact bf16 attention), and the quantization pass."""
     by = {}
@@ -96,7 +97,7 @@ def format_table(rows: list[dict], quant_rows: list[dict], copy_gbps: float) -> 
         by.setdefault((r["d"], r["causal"], r["n"]), {}).setdefault(r["method"], r)
     head = (f"{'d':>4} {'causal':>6} {'N':>6} | " + " ".join(f"{m:>14}" for m in METHODS)
             + f" | {'e2e/triton':>10} {'rel-L1':>8}  variant")
-    lines = ["TOPS (B=4, H=32, bf16)", head, "-" * len(head)]
+    lines = [f"TOPS (B={B}, H={H}" + (f", {hkv} KV heads" if hkv != H else "") + ", bf16)", head, "-" * len(head)]
     for (d, causal, n), ms in sorted(by.items()):
         cells = [f"{ms[m]['tops']:14.1f}" if m in ms and ms[m].get("tops") else f"{'-':>14}" for m in METHODS]
         e2e, tri = ms.get("sagegen-e2e", {}).get("tops"), ms.get("sage1-triton", {}).get("tops")
@@ -151,11 +152,16 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help=f"N {QUICK_NS}, d 128")
     ap.add_argument("--variants", help="also time the attention variants matching this glob (per shape's d/causal)")
     ap.add_argument("--no-baselines", action="store_true", help="skip torch SDPA and sageattention")
+    ap.add_argument("--gqa", type=int, default=1, metavar="G",
+                    help=f"query heads per key/value head (grouped-query attention): {H} / G KV heads (default 1)")
     ap.add_argument("--precision", choices=("fast", "balanced", "accurate"), default="fast",
                     help="sagegen.attention's precision to time (default fast)")
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "bench.json"), help="JSON path")
     ap.add_argument("--png", help="chart path (default: the JSON path with .png)")
     args = ap.parse_args(argv)
+    if args.gqa < 1 or H % args.gqa:
+        ap.error(f"--gqa must divide the {H} query heads, got {args.gqa}")
+    hkv, gqa = H // args.gqa, args.gqa > 1
 
     import torch
 
@@ -195,7 +201,7 @@ def main(argv=None) -> int:
         for causal in causals:
             for n in ns:
                 key = registry.make_key(arch=arch, dtype="bf16", out="bf16", d=d, causal=causal, nq=n, nk=n,
-                                        batch_heads=B * H, precision=args.precision)
+                                        batch_heads=B * H, gqa=args.gqa, precision=args.precision)
                 spec = registry.heuristic(key, sm_count=api.sm_count(dev))
                 specs[spec.name] = spec
     built = build(list(specs.values()) + select([arch], "quant_*_x_bf16_*"), out_dir=default_out_dir(),
@@ -215,7 +221,7 @@ def main(argv=None) -> int:
     for d in ds:
         for n in ns:
             g = torch.Generator(device="cuda").manual_seed(n + d)
-            q, k, v = (torch.randn(B, H, n, d, device="cuda", dtype=dtype, generator=g) for _ in range(3))
+            q, k, v = (torch.randn(B, heads, n, d, device="cuda", dtype=dtype, generator=g) for heads in (H, hkv, hkv))
             scale = d ** -0.5
             for causal in causals:
                 def add(method, ms, **extra_fields):
@@ -232,14 +238,15 @@ def main(argv=None) -> int:
                                           ("cudnn", SDPBackend.CUDNN_ATTENTION)):
                         try:
                             with sdpa_kernel(backend):
-                                out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+                                out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal,
+                                                                                       enable_gqa=gqa)
                                 ms = bench_ms(lambda: torch.nn.functional.scaled_dot_product_attention(
-                                    q, k, v, is_causal=causal))
+                                    q, k, v, is_causal=causal, enable_gqa=gqa))
                             ref = out if ref is None else ref
                             add(name, ms)
                         except Exception as e:
                             add(name, None, error=f"{type(e).__name__}: {e}"[:300])
-                    if sageattn is not None:
+                    if sageattn is not None and not gqa:  # (its Triton kernel wants as many KV heads as Q)
                         try:
                             out = sageattn(q, k, v, tensor_layout="HND", is_causal=causal)
                             ms = bench_ms(lambda: sageattn(q, k, v, tensor_layout="HND", is_causal=causal))
@@ -258,7 +265,7 @@ def main(argv=None) -> int:
                         if spec.family == "attn_wgmma":
                             qz = W.quantize_for(q, k, v, spec, "HND", False)
                             ms_k = bench_ms(lambda: W.run_kernel(qz, spec, q_shape=q.shape, layout="HND", B=B, Hq=H,
-                                                                 Hkv=H, sm_scale=scale))
+                                                                 Hkv=hkv, sm_scale=scale))
                             qz = None
                         elif spec.family == "attn_short":  # one launch: its "kernel" includes the quantization
                             ms_k = bench_ms(lambda: S.forward(q, k, v, spec, layout="HND", sm_scale=scale))
@@ -288,7 +295,7 @@ def main(argv=None) -> int:
             ms = bench_ms(lambda: ops.quantize_op(q, k, v, "HND", qg.tile, qg.sub, kg.tile, kg.sub, v_mode, False,
                                                   wgmma))
             rows_per_split = max(N_ALIGN, -(-n // _STATS_SPLITS))
-            nbytes = quant_bytes(B, H, H, n, n, d, in_bytes=2, v_copy=v_mode != "none", q_scales=qg.count(n),
+            nbytes = quant_bytes(B, H, hkv, n, n, d, in_bytes=2, v_copy=v_mode != "none", q_scales=qg.count(n),
                                  k_scales=kg.count(n), stats_splits=-(-n // rows_per_split),
                                  v_fp8=v_mode in ("e4m3w", "i8w"))
             gbps = nbytes / (ms * 1e-3) / 1e9
@@ -298,19 +305,19 @@ def main(argv=None) -> int:
             torch.cuda.empty_cache()
 
     result = {"device": card, "arch": arch, "date": date, "torch": torch.__version__, "precision": args.precision,
-              "B": B, "H": H, "dtype": "bf16", "copy_gbps": copy_gbps, "rows": rows, "quant": quant_rows,
+              "B": B, "H": H, "Hkv": hkv, "dtype": "bf16", "copy_gbps": copy_gbps, "rows": rows, "quant": quant_rows,
               "seconds": time.time() - t_start}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     png = Path(args.png) if args.png else out.with_suffix(".png")
     try:
-        plot([r for r in rows if r.get("tops") and r["method"] in METHODS], png, f"{card}  {date}  B={B} H={H} bf16")
+        plot([r for r in rows if r.get("tops") and r["method"] in METHODS], png, f"{card}  {date}  B={B} H={H} KV={hkv} bf16")
         print(f"wrote {out} and {png}")
     except Exception as e:
         print(f"wrote {out}; no chart ({type(e).__name__}: {e})")
     print(f"\n{card} ({arch}), {date}, {time.time() - t_start:.0f} s")
-    print(format_table(rows, quant_rows, copy_gbps))
+    print(format_table(rows, quant_rows, copy_gbps, hkv))
     return 0
 
 

@@ -14,12 +14,13 @@ Under torch.compile the same validation is traced and the variant is chosen once
 dynamic shapes the lengths are bucketed through range guards, so a new length recompiles only when it falls in a
 new power-of-two bucket (the registry's granularity).
 
-SDPA fallback: when the autotuner measured torch SDPA (flash or cuDNN) faster than every sagegen variant for the
-key, and SDPA computes exactly what was asked here (output dtype = input dtype, Hq == Hkv, no LSE, causal only with
-Nq == Nk, and torch's own checks accept the shapes), attention() calls that SDPA backend. The result is then exact
-bf16/fp16 attention: faster *and* more accurate than the quantized kernel. ``sdpa_fallback=False`` or
-``SAGEGEN_FORCE_KERNEL=1`` always run a sagegen kernel (tests, benchmarks). Under torch.compile the fallback calls
-the public ``F.scaled_dot_product_attention`` (torch picks the backend).
+SDPA fallback: when the registry's cuDNN rule or the autotuner says torch SDPA (flash or cuDNN) is faster than
+every sagegen variant for the key, and SDPA computes exactly what was asked here (output dtype = input dtype,
+causal only with Nq == Nk, and torch's own checks accept the shapes; GQA through SDPA's ``enable_gqa``, the LSE
+through the backend's own op), attention() calls that SDPA backend. The result is then exact bf16/fp16 attention:
+faster *and* more accurate than the quantized kernel. ``sdpa_fallback=False`` or ``SAGEGEN_FORCE_KERNEL=1``
+always run a sagegen kernel (tests, benchmarks). Under torch.compile the fallback calls the public
+``F.scaled_dot_product_attention`` (torch picks the backend), or the chosen backend's op when an LSE is asked for.
 """
 from __future__ import annotations
 
@@ -156,10 +157,12 @@ def inspect_inputs(q, k, v, *, is_causal=False, causal_alignment="bottom_right",
 
 # --- SDPA as a candidate ----------------------------------------------------------------------------------------
 def sdpa_eligible(shape: Shape, q=None, k=None, v=None) -> bool:
-    """Whether torch SDPA computes what was asked: same dtype out, no GQA, no LSE, causal only when Nq == Nk
-    (then top-left and bottom-right agree; torch's is_causal is top-left)."""
-    return (shape.device.type != "meta" and shape.dtype == shape.out and shape.Hq == shape.Hkv
-            and not shape.return_lse and (not shape.causal or shape.nq == shape.nk))
+    """Whether torch SDPA computes what was asked: same dtype out, causal only when Nq == Nk (then top-left and
+    bottom-right agree; torch's is_causal is top-left). GQA (Hq a multiple of Hkv, as attention() requires) runs
+    with SDPA's enable_gqa, an LSE through _sdpa_forward's backend ops (both: torch 2.5+, checked on the H100 with
+    torch 2.11: BENCHMARKS.md, twelfth session)."""
+    return (shape.device.type != "meta" and shape.dtype == shape.out
+            and (not shape.causal or shape.nq == shape.nk))
 
 
 def _hnd(x, layout):
@@ -174,29 +177,37 @@ def sdpa_supported(backend: str, shape: Shape, q, k, v) -> bool:
     try:
         fn = getattr(torch.backends.cuda, check)
         params = torch.backends.cuda.SDPAParams(_hnd(q, shape.layout), _hnd(k, shape.layout), _hnd(v, shape.layout),
-                                                None, 0.0, shape.causal, False)
+                                                None, 0.0, shape.causal, shape.Hq != shape.Hkv)
         with torch.cuda.device(shape.device.index):
             return bool(fn(params, False))
     except Exception:  # older torch without the API, or a backend that cannot say: do not use it
         return False
 
 
-def _sdpa_forward(q, k, v, backend, layout, causal, scale):
+def _sdpa_forward(q, k, v, backend, layout, causal, gqa, return_lse, scale):
+    """torch SDPA's ``backend`` ("flash", "cudnn", or "auto": the public entry point, torch chooses; not with an
+    LSE) on q, k, v in ``layout``. Both backend ops take fewer KV heads than query heads as they are (GQA), and
+    return the LSE ([B, Hq, Nq] fp32, natural log; cuDNN's has a trailing unit dim)."""
     qh, kh, vh = _hnd(q, layout), _hnd(k, layout), _hnd(v, layout)
+    lse = None
     if backend == "flash":
-        o = torch.ops.aten._scaled_dot_product_flash_attention.default(
-            qh, kh, vh, dropout_p=0.0, is_causal=causal, return_debug_mask=False, scale=scale)[0]
+        o, lse = torch.ops.aten._scaled_dot_product_flash_attention.default(
+            qh, kh, vh, dropout_p=0.0, is_causal=causal, return_debug_mask=False, scale=scale)[:2]
     elif backend == "cudnn":
-        o = torch.ops.aten._scaled_dot_product_cudnn_attention.default(
-            qh, kh, vh, None, compute_log_sumexp=False, dropout_p=0.0, is_causal=causal, return_debug_mask=False,
-            scale=scale)[0]
-    else:  # "auto": the public entry point, torch chooses (used under torch.compile)
-        o = torch.nn.functional.scaled_dot_product_attention(qh, kh, vh, is_causal=causal, scale=scale)
+        o, lse = torch.ops.aten._scaled_dot_product_cudnn_attention.default(
+            qh, kh, vh, None, compute_log_sumexp=return_lse, dropout_p=0.0, is_causal=causal,
+            return_debug_mask=False, scale=scale)[:2]
+    else:
+        o = torch.nn.functional.scaled_dot_product_attention(qh, kh, vh, is_causal=causal, scale=scale,
+                                                             enable_gqa=gqa)
     if layout == "NHD":
         o = o.transpose(1, 2)
         if not o.is_contiguous():
             o = o.contiguous()
-    return o
+    if not return_lse:
+        return o
+    lse = lse.reshape(qh.shape[:3])
+    return o, (lse if lse.is_contiguous() else lse.contiguous())
 
 
 # --- the sagegen kernel path ------------------------------------------------------------------------------------
@@ -244,7 +255,7 @@ class Plan:
         self.scale = 1.0 / math.sqrt(shape.d)
         self.direct = None
         if choice.kind == "sdpa":
-            self.args = (choice.backend, shape.layout, shape.causal)
+            self.args = (choice.backend, shape.layout, shape.causal, shape.Hq != shape.Hkv, shape.return_lse)
             self.run = self._run_sdpa
         elif choice.spec.family == "attn_short":
             self.args = (choice.spec.name, shape.layout, shape.offset, shape.return_lse)
@@ -462,8 +473,10 @@ def _traced(q, k, v, is_causal, sm_scale, tensor_layout, return_lse, causal_alig
                               bucket(shape.nk), bucket(shape.B * shape.Hq), bucket(shape.Hq // shape.Hkv),
                               shape.precision, -1 if meta else shape.device.index, sdpa_ok,
                               -1 if sdpa_fallback is None else int(sdpa_fallback), variant or "")
-    if decision.startswith(registry.SDPA_PREFIX):
-        return _sdpa_forward(q, k, v, "auto", shape.layout, shape.causal, scale)
+    if decision.startswith(registry.SDPA_PREFIX):  # the chosen backend's op when the LSE is asked for
+        backend = decision[len(registry.SDPA_PREFIX):] if shape.return_lse else "auto"
+        return _sdpa_forward(q, k, v, backend, shape.layout, shape.causal, shape.Hq != shape.Hkv, shape.return_lse,
+                             scale)
     _, variant_name, groups, v_mode = decision.split(":")
     if variant_name.startswith("attn_short_"):
         return _short_forward(q, k, v, scale, variant_name, shape.layout, shape.offset, shape.return_lse)

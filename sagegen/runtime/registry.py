@@ -41,15 +41,16 @@ Heuristic (``heuristic``), used whenever nothing was measured for the key:
     (``SDPA_FASTER``: (arch, precision) -> (d, causal, largest key-length bucket); H100, B*H = 128,
     BENCHMARKS.md 2026-11-26, after the quantization pass reached ~80% of copy bandwidth: "fast" ties or loses up
     to 2k keys at d=128 (4k causal) and 4k at d=64 (8k causal); "accurate" up to 4k (8k at d=64 causal); at
-    d=256 "fast" up to 2k (4k causal), "accurate" up to 4k (8k causal)), unless SDPA is not
-    allowed (SAGEGEN_FORCE_KERNEL=1, ``sdpa_fallback=False``) or cannot compute the call (GQA, LSE, another output
-    dtype, causal with Nq != Nk).
+    d=256 "fast" up to 2k (4k causal), "accurate" up to 4k (8k causal)); with GQA (``SDPA_FASTER_GQA``, measured
+    with 4 query heads per KV head, which quantize a quarter of the K and V) up to 2k keys, 4k causal (fast at
+    d=128: 2k; balanced at d=64 causal: 8k), unless SDPA is not allowed (SAGEGEN_FORCE_KERNEL=1,
+    ``sdpa_fallback=False``) or cannot compute the call (another output dtype, causal with Nq != Nk).
     The result is then exact attention: never slower than cuDNN where it was measured, and more accurate.
 
 Autotuner (``autotune``, or ``SAGEGEN_AUTOTUNE=1`` which makes ``attention()`` tune each new key once): times
 every candidate end to end (quantization + kernel) with CUDA events (median of ``reps`` runs after ``warmup``), and
-torch SDPA's flash and cuDNN backends where they can compute the same thing (same dtype out, no GQA, no LSE,
-causal only with Nq == Nk). Results go to ``<cache root>/autotune.json`` (``$SAGEGEN_CACHE_DIR`` or
+torch SDPA's flash and cuDNN backends where they can compute the same thing (same dtype out, causal only with
+Nq == Nk). Results go to ``<cache root>/autotune.json`` (``$SAGEGEN_CACHE_DIR`` or
 ``~/.cache/sagegen``), per environment (GPU name, sagegen / torch / NVRTC versions, kernel fingerprint) and key,
 one timing per candidate: adding a candidate times only that one (``$SAGEGEN_AUTOTUNE_FILE`` names another file).
 Writes are atomic (temp file + rename) under a file lock and merge with what other processes wrote. A corrupt file
@@ -118,6 +119,17 @@ SDPA_FASTER = {
     # d=256 runs the accurate kernels (no INT8 P.V there), so the accurate limits.
     ("sm90a", "balanced"): {(128, False): 2048, (128, True): 4096, (64, False): 4096, (64, True): 8192,
                             (256, False): 4096, (256, True): 8192},
+}
+# The same rule for GQA calls (Hkv < Hq), from two same-call-pair runs with Hq = 32, Hkv = 8 (twelfth session,
+# H100, BENCHMARKS.md): the kernel quantizes a quarter of the K and V there, so it overtakes cuDNN at shorter keys
+# than with Hq = Hkv. Used for every group size (2 and 8 were not measured).
+SDPA_FASTER_GQA = {
+    ("sm90a", "fast"): {(128, False): 2048, (128, True): 2048, (64, False): 2048, (64, True): 4096,
+                        (256, False): 2048, (256, True): 4096},
+    ("sm90a", "accurate"): {(128, False): 2048, (128, True): 4096, (64, False): 2048, (64, True): 4096,
+                            (256, False): 2048, (256, True): 4096},
+    ("sm90a", "balanced"): {(128, False): 2048, (128, True): 4096, (64, False): 2048, (64, True): 8192,
+                            (256, False): 2048, (256, True): 4096},
 }
 
 # (m, s, overlap, pingpong, rowsum) per (P.V format, head dim, causal), best first (NVIDIA H100 / H200, B=4, H=32,
@@ -447,9 +459,10 @@ def choose(key: Key, *, env: str | None = None, sm_count: int | None = None, sdp
 
 
 def sdpa_measured_faster(key: Key) -> bool:
-    """Whether SDPA_FASTER says cuDNN beat the kernels for this key's arch, precision, head dim, causality and key
-    length."""
-    limit = SDPA_FASTER.get((key.arch, key.precision), {}).get((key.d, key.causal))
+    """Whether SDPA_FASTER (SDPA_FASTER_GQA for GQA keys) says cuDNN beat the kernels for this key's arch, precision,
+    head dim, causality and key length."""
+    table = SDPA_FASTER_GQA if key.gqa > 1 else SDPA_FASTER
+    limit = table.get((key.arch, key.precision), {}).get((key.d, key.causal))
     return limit is not None and key.nk <= limit
 
 
@@ -549,6 +562,7 @@ def autotune(q, k, v, *, is_causal: bool = False, causal_alignment: str = "botto
             plan = api.Plan(shape, Choice("sdpa", backend=b, source="forced"))
             try:
                 out = plan.run(q, k, v, scale)
+                out = out[0] if isinstance(out, tuple) else out  # (o, lse)
                 if reference is not None:
                     err = ((out.float() - reference.float()).abs().sum() / reference.float().abs().sum()
                            .clamp_min(1e-30)).item()

@@ -177,3 +177,17 @@ def test_default_scale_is_one_over_sqrt_d(fake_gpu):
     q, k, v = inputs(d=72)
     sagegen.attention(q, k, v)
     assert float(fake_gpu.attn()[0][-1][-2]) == pytest.approx(LOG2E / math.sqrt(72), rel=1e-6)
+
+
+@pytest.mark.parametrize("layout", ["HND", "NHD"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_sdpa_auto_path_runs_gqa_in_either_layout(layout, causal):
+    """The traced SDPA route (torch picks the backend; here the CPU's math one) on GQA inputs: kv head h // group
+    serves query head h, in the caller's layout, as attention() defines it."""
+    q, k, v = (t.float() for t in inputs(Hq=6, Hkv=2, nq=40, nk=40, d=64, layout=layout))
+    o = api._sdpa_forward(q, k, v, "auto", layout, causal, True, False, 0.125)
+    hnd = (lambda t: t) if layout == "HND" else (lambda t: t.transpose(1, 2))
+    kk, vv = (hnd(t).repeat_interleave(3, dim=1) for t in (k, v))
+    ref = torch.nn.functional.scaled_dot_product_attention(hnd(q), kk, vv, is_causal=causal, scale=0.125)
+    assert o.shape == q.shape and o.is_contiguous()
+    torch.testing.assert_close(hnd(o), ref)

@@ -377,6 +377,36 @@ def test_sdpa_fallback_runs_sdpa(gpu_kernels, monkeypatch, tmp_path):
     assert 0 < rel_l1(forced, ref) < bound  # the quantized kernel: close, not identical
 
 
+
+@pytest.mark.parametrize("layout", ["HND", "NHD"])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("backend", ["flash", "cudnn"])
+def test_sdpa_route_runs_gqa_and_returns_the_lse(gpu_kernels, layout, causal, backend):
+    """GQA calls and LSE calls go to SDPA where the registry's rule says cuDNN is faster (SDPA_FASTER_GQA): the
+    backend ops take fewer KV heads as they are and return the LSE; both are exact attention here."""
+    q, k, v = inputs(B=2, Hq=8, Hkv=2, nq=1000, nk=1000, d=128, layout=layout, seed=23)
+    shape = api.inspect_inputs(q, k, v, is_causal=causal, tensor_layout=layout, return_lse=True)
+    if not api.sdpa_supported(backend, shape, q, k, v):
+        pytest.skip(f"torch's {backend} SDPA does not run this shape here")
+    ref, ref_lse = exact(q, k, v, causal=causal, layout=layout)
+    o, lse = api._sdpa_forward(q, k, v, backend, layout, causal, True, True, 128 ** -0.5)
+    assert o.shape == q.shape and o.is_contiguous() and o.dtype == q.dtype
+    assert lse.shape == (2, 8, 1000) and lse.dtype == torch.float32 and lse.is_contiguous()
+    assert rel_l1(o, ref) < 0.01 and (lse - ref_lse).abs().max() < 1e-3
+    # and the default call takes that route (on the H100 the rule says cuDNN up to 2k keys with GQA)
+    if backend == "cudnn" and registry.sdpa_measured_faster(shape.key()):
+        assert api.describe(q, k, v, is_causal=causal, tensor_layout=layout, return_lse=True).name == "sdpa:cudnn"
+        o2, lse2 = sagegen.attention(q, k, v, is_causal=causal, tensor_layout=layout, return_lse=True)
+        assert torch.equal(o2, o) and torch.equal(lse2, lse)
+        torch.testing.assert_close(sagegen.attention(q, k, v, is_causal=causal, tensor_layout=layout), o2)
+        # traced: the LSE through the chosen backend's op, no graph break
+        torch._dynamo.reset()
+        f = torch.compile(lambda q, k, v: sagegen.attention(q, k, v, is_causal=causal, tensor_layout=layout,
+                                                            return_lse=True), fullgraph=True)
+        o3, lse3 = f(q, k, v)
+        torch.testing.assert_close(o3, o2)
+        torch.testing.assert_close(lse3, lse2)
+
 # --- the quantization kernels against the reference quantizers --------------------------------------------------
 @pytest.mark.parametrize("layout", ["HND", "NHD"])
 @pytest.mark.parametrize("dtype", [F16, BF16])

@@ -249,8 +249,9 @@ def test_compile_on_fake_hopper_follows_precision(fake_hopper, monkeypatch, prec
     monkeypatch.setattr(api, "_traced_choice", on_device_0)
     catcher = GraphCatcher()
     q, k, v = make("HND", 1, 4, 2, 300, 517, 128, BF16)
-    f = torch.compile(lambda q, k, v: sagegen.attention(q, k, v, precision=precision), fullgraph=True,
-                      backend=catcher)
+    # (sdpa_fallback=False: these GQA lengths would go to cuDNN by the registry's rule, registry.SDPA_FASTER_GQA)
+    f = torch.compile(lambda q, k, v: sagegen.attention(q, k, v, precision=precision, sdpa_fallback=False),
+                      fullgraph=True, backend=catcher)
     assert f(q, k, v).shape == q.shape
     assert catcher.sagegen_ops() == ["sagegen.quantize.default", "sagegen.attn_wgmma.default"]
     assert _quantize_node_args(catcher)[8:] == (v_mode, False, True)

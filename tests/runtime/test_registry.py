@@ -111,7 +111,7 @@ def test_short_keys_run_attn_short_first(arch, precision):
 
 def test_short_keys_choose_sdpa_first_only_where_sdpa_may_run():
     """choose(): the cuDNN rule (SDPA_FASTER) precedes the heuristic for calls SDPA can compute; everything else
-    with short keys (GQA, an LSE, SDPA not allowed) gets attn_short."""
+    with short keys (another output dtype, causal with Nq != Nk, SDPA not allowed) gets attn_short."""
     k = key(nq=100, nk=100, batch_heads=8)
     assert registry.choose(k, env="test-gpu", sm_count=132, sdpa_ok=True, allow_sdpa=True).kind == "sdpa"
     for kw in (dict(sdpa_ok=False), dict(sdpa_ok=True, allow_sdpa=False)):
@@ -374,12 +374,20 @@ def test_no_tuning_during_capture(tuner, sagegen_cache_dir):
 
 
 def test_sdpa_is_not_a_candidate_where_it_computes_something_else(tuner):
-    for q, k, v, kw in [(*qkv(Hq=8, Hkv=4), {}),  # GQA
-                        (*qkv(nq=128, nk=256), {"is_causal": True}),  # causal with Nq != Nk
-                        (*qkv(), {"return_lse": True}), (*qkv(), {"out_dtype": F16})]:
+    for q, k, v, kw in [(*qkv(nq=128, nk=256), {"is_causal": True}),  # causal with Nq != Nk
+                        (*qkv(), {"out_dtype": F16})]:
         tuner["timed"].clear()
         registry.autotune(q, k, v, **kw)
         assert tuner["timed"] and not any(t.startswith("sdpa:") for t in tuner["timed"])
+
+
+def test_sdpa_is_a_candidate_for_gqa_and_the_lse(tuner):
+    """SDPA runs GQA (enable_gqa) and returns the LSE (its backend ops), so it is timed for those calls too."""
+    for q, k, v, kw in [(*qkv(Hq=8, Hkv=4), {}), (*qkv(Hq=8, Hkv=1), {"is_causal": True}),
+                        (*qkv(), {"return_lse": True})]:
+        tuner["timed"].clear()
+        registry.autotune(q, k, v, **kw)
+        assert {"sdpa:flash", "sdpa:cudnn"} <= set(tuner["timed"]), kw
 
 
 def test_sdpa_that_disagrees_is_recorded_as_an_error(tuner):
@@ -467,11 +475,19 @@ def test_sdpa_fallback_skipped_when_torch_cannot_run_the_exact_shape(tuner, fake
     assert not tuner.get("sdpa_calls") and fake_gpu.attn()
 
 
-def test_sdpa_fallback_not_used_for_lse_or_other_out_dtype(tuner, fake_gpu):
+def test_sdpa_fallback_not_used_for_another_out_dtype(tuner, fake_gpu):
     q, k, v = qkv()
     _sdpa_wins(q, k, v)
-    sagegen.attention(q, k, v, return_lse=True)
+    sagegen.attention(q, k, v, out_dtype=F16)
     assert not tuner.get("sdpa_calls") and len(fake_gpu.attn()) == 1
+
+
+@pytest.mark.parametrize("heads,kw", [((4, 4), {"return_lse": True}), ((8, 2), {}), ((8, 2), {"return_lse": True})])
+def test_sdpa_fallback_used_for_gqa_and_the_lse(tuner, fake_gpu, heads, kw):
+    q, k, v = qkv(Hq=heads[0], Hkv=heads[1])
+    _sdpa_wins(q, k, v)
+    sagegen.attention(q, k, v, **kw)
+    assert tuner.get("sdpa_calls") == ["cudnn"] and not fake_gpu.attn()
 
 
 def test_choose_every_arch_without_a_table():
@@ -502,6 +518,25 @@ def test_sdpa_rule_follows_the_measurements(precision, d, causal, n, expect_sdpa
     # never when SDPA cannot compute the call or is not allowed
     assert registry.choose(key, sdpa_ok=False).kind == "kernel"
     assert registry.choose(key, sdpa_ok=True, allow_sdpa=False).kind == "kernel"
+
+
+# GQA (SDPA_FASTER_GQA, measured with 4 query heads per KV head): the kernel quantizes less K and V, so it overtakes
+# cuDNN at shorter keys than without GQA (fast d=128 causal, d=64 either) or at the same length
+SDPA_GQA_RULE_CASES = [
+    ("fast", 128, False, 2048, True), ("fast", 128, False, 4096, False), ("fast", 128, True, 2048, True),
+    ("fast", 128, True, 4096, False), ("fast", 64, False, 2048, True), ("fast", 64, False, 4096, False),
+    ("fast", 64, True, 4096, True), ("fast", 64, True, 8192, False), ("balanced", 64, True, 8192, True),
+    ("balanced", 64, True, 16384, False), ("accurate", 128, True, 4096, True), ("accurate", 128, True, 8192, False),
+    ("accurate", 256, False, 2048, True), ("accurate", 256, False, 4096, False)]
+
+
+@pytest.mark.parametrize("precision,d,causal,n,expect_sdpa", SDPA_GQA_RULE_CASES)
+@pytest.mark.parametrize("group", [2, 4, 8])
+def test_sdpa_rule_for_gqa_follows_its_measurements(precision, d, causal, n, expect_sdpa, group):
+    key = registry.make_key(arch="sm90a", dtype="bf16", out="bf16", d=d, causal=causal, nq=n, nk=n,
+                            batch_heads=128, gqa=group, precision=precision)
+    assert (registry.choose(key, sdpa_ok=True).kind == "sdpa") == expect_sdpa
+    assert registry.choose(key, sdpa_ok=False).kind == "kernel"
 
 
 def test_sdpa_rule_only_where_measured():
