@@ -16,7 +16,8 @@ new power-of-two bucket (the registry's granularity).
 
 SDPA fallback: when the registry's cuDNN rule or the autotuner says torch SDPA (flash or cuDNN) is faster than
 every sagegen variant for the key, and SDPA computes exactly what was asked here (output dtype = input dtype,
-causal only with Nq == Nk, and torch's own checks accept the shapes; GQA through SDPA's ``enable_gqa``, the LSE
+causal only where the mask is SDPA's top-left one or none (see sdpa_eligible), and torch's own checks accept the
+shapes; GQA through SDPA's ``enable_gqa``, the LSE
 through the backend's own op), attention() calls that SDPA backend. The result is then exact bf16/fp16 attention:
 faster *and* more accurate than the quantized kernel. ``sdpa_fallback=False`` or ``SAGEGEN_FORCE_KERNEL=1``
 always run a sagegen kernel (tests, benchmarks). Under torch.compile the fallback calls the public
@@ -157,12 +158,18 @@ def inspect_inputs(q, k, v, *, is_causal=False, causal_alignment="bottom_right",
 
 # --- SDPA as a candidate ----------------------------------------------------------------------------------------
 def sdpa_eligible(shape: Shape, q=None, k=None, v=None) -> bool:
-    """Whether torch SDPA computes what was asked: same dtype out, causal only when Nq == Nk (then top-left and
-    bottom-right agree; torch's is_causal is top-left). GQA (Hq a multiple of Hkv, as attention() requires) runs
-    with SDPA's enable_gqa, an LSE through _sdpa_forward's backend ops (both: torch 2.5+, checked on the H100 with
-    torch 2.11: BENCHMARKS.md, twelfth session)."""
+    """Whether torch SDPA computes what was asked: same dtype out; causal only where the mask is SDPA's top-left one
+    (top_left alignment, or Nq == Nk where both alignments agree) or no mask at all (bottom_right with one query:
+    it sees every key). GQA (Hq a multiple of Hkv, as attention() requires) runs with SDPA's enable_gqa, an LSE
+    through _sdpa_forward's backend ops (both: torch 2.5+, checked on the H100 with torch 2.11: BENCHMARKS.md,
+    twelfth session)."""
     return (shape.device.type != "meta" and shape.dtype == shape.out
-            and (not shape.causal or shape.nq == shape.nk))
+            and (not shape.causal or shape.offset == 0 or shape.nq == 1))
+
+
+def _sdpa_causal(shape: Shape) -> bool:
+    """SDPA's is_causal for an eligible call: its top-left mask, or none (bottom_right with one query)."""
+    return shape.causal and shape.offset == 0
 
 
 def _hnd(x, layout):
@@ -177,7 +184,7 @@ def sdpa_supported(backend: str, shape: Shape, q, k, v) -> bool:
     try:
         fn = getattr(torch.backends.cuda, check)
         params = torch.backends.cuda.SDPAParams(_hnd(q, shape.layout), _hnd(k, shape.layout), _hnd(v, shape.layout),
-                                                None, 0.0, shape.causal, shape.Hq != shape.Hkv)
+                                                None, 0.0, _sdpa_causal(shape), shape.Hq != shape.Hkv)
         with torch.cuda.device(shape.device.index):
             return bool(fn(params, False))
     except Exception:  # older torch without the API, or a backend that cannot say: do not use it
@@ -255,7 +262,8 @@ class Plan:
         self.scale = 1.0 / math.sqrt(shape.d)
         self.direct = None
         if choice.kind == "sdpa":
-            self.args = (choice.backend, shape.layout, shape.causal, shape.Hq != shape.Hkv, shape.return_lse)
+            self.args = (choice.backend, shape.layout, _sdpa_causal(shape), shape.Hq != shape.Hkv,
+                         shape.return_lse)
             self.run = self._run_sdpa
         elif choice.spec.family == "attn_short":
             self.args = (choice.spec.name, shape.layout, shape.offset, shape.return_lse)
@@ -475,8 +483,8 @@ def _traced(q, k, v, is_causal, sm_scale, tensor_layout, return_lse, causal_alig
                               -1 if sdpa_fallback is None else int(sdpa_fallback), variant or "")
     if decision.startswith(registry.SDPA_PREFIX):  # the chosen backend's op when the LSE is asked for
         backend = decision[len(registry.SDPA_PREFIX):] if shape.return_lse else "auto"
-        return _sdpa_forward(q, k, v, backend, shape.layout, shape.causal, shape.Hq != shape.Hkv, shape.return_lse,
-                             scale)
+        return _sdpa_forward(q, k, v, backend, shape.layout, _sdpa_causal(shape), shape.Hq != shape.Hkv,
+                             shape.return_lse, scale)
     _, variant_name, groups, v_mode = decision.split(":")
     if variant_name.startswith("attn_short_"):
         return _short_forward(q, k, v, scale, variant_name, shape.layout, shape.offset, shape.return_lse)

@@ -44,13 +44,14 @@ Heuristic (``heuristic``), used whenever nothing was measured for the key:
     d=256 "fast" up to 2k (4k causal), "accurate" up to 4k (8k causal)); with GQA (``SDPA_FASTER_GQA``, measured
     with 4 query heads per KV head, which quantize a quarter of the K and V) up to 2k keys, 4k causal (fast at
     d=128: 2k; balanced at d=64 causal: 8k), unless SDPA is not allowed (SAGEGEN_FORCE_KERNEL=1,
-    ``sdpa_fallback=False``) or cannot compute the call (another output dtype, causal with Nq != Nk).
+    ``sdpa_fallback=False``) or cannot compute the call (another output dtype, bottom-right causal with
+    1 < Nq != Nk). The limits apply to min(Nq, Nk): short queries over long keys go to cuDNN too.
     The result is then exact attention: never slower than cuDNN where it was measured, and more accurate.
 
 Autotuner (``autotune``, or ``SAGEGEN_AUTOTUNE=1`` which makes ``attention()`` tune each new key once): times
 every candidate end to end (quantization + kernel) with CUDA events (median of ``reps`` runs after ``warmup``), and
 torch SDPA's flash and cuDNN backends where they can compute the same thing (same dtype out, causal only with
-Nq == Nk). Results go to ``<cache root>/autotune.json`` (``$SAGEGEN_CACHE_DIR`` or
+SDPA's top-left mask or none: api.sdpa_eligible). Results go to ``<cache root>/autotune.json`` (``$SAGEGEN_CACHE_DIR`` or
 ``~/.cache/sagegen``), per environment (GPU name, sagegen / torch / NVRTC versions, kernel fingerprint) and key,
 one timing per candidate: adding a candidate times only that one (``$SAGEGEN_AUTOTUNE_FILE`` names another file).
 Writes are atomic (temp file + rename) under a file lock and merge with what other processes wrote. A corrupt file
@@ -460,10 +461,13 @@ def choose(key: Key, *, env: str | None = None, sm_count: int | None = None, sdp
 
 def sdpa_measured_faster(key: Key) -> bool:
     """Whether SDPA_FASTER (SDPA_FASTER_GQA for GQA keys) says cuDNN beat the kernels for this key's arch, precision,
-    head dim, causality and key length."""
+    head dim, causality and length. The limits were measured with Nq = Nk; they apply to the shorter side, because
+    the kernel's gain grows with Nq * Nk while its quantization pass grows with Nq and Nk: a grid with Nq != Nk (256
+    to 8k queries over 1k to 32k keys, H100, BENCHMARKS.md twelfth session) has the kernel ahead only where both
+    sides exceed the limit, and 2-4x behind cuDNN for short queries over long keys."""
     table = SDPA_FASTER_GQA if key.gqa > 1 else SDPA_FASTER
     limit = table.get((key.arch, key.precision), {}).get((key.d, key.causal))
-    return limit is not None and key.nk <= limit
+    return limit is not None and min(key.nq, key.nk) <= limit
 
 
 def autotune_enabled() -> bool:

@@ -191,3 +191,18 @@ def test_sdpa_auto_path_runs_gqa_in_either_layout(layout, causal):
     ref = torch.nn.functional.scaled_dot_product_attention(hnd(q), kk, vv, is_causal=causal, scale=0.125)
     assert o.shape == q.shape and o.is_contiguous()
     torch.testing.assert_close(hnd(o), ref)
+
+
+@pytest.mark.parametrize("nq,nk,align,eligible,sdpa_causal", [
+    (100, 100, "bottom_right", True, True),  # Nq == Nk: both alignments are SDPA's mask
+    (100, 130, "top_left", True, True),  # SDPA's is_causal is top-left
+    (100, 130, "bottom_right", False, None),  # a mask SDPA does not have
+    (1, 130, "bottom_right", True, False),  # one query at the bottom right sees every key: no mask
+    (1, 130, "top_left", True, True)])
+def test_sdpa_computes_causal_calls_only_with_its_own_mask(nq, nk, align, eligible, sdpa_causal):
+    q, k, v = (t.to("meta") for t in inputs(nq=nq, nk=nk))
+    shape = api.inspect_inputs(q, k, v, is_causal=True, causal_alignment=align)
+    shape.device = torch.device("cuda", 0)  # (meta tensors are never eligible: no device to run SDPA on)
+    assert api.sdpa_eligible(shape) == eligible
+    if eligible:
+        assert api._sdpa_causal(shape) == sdpa_causal

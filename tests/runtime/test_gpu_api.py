@@ -407,6 +407,23 @@ def test_sdpa_route_runs_gqa_and_returns_the_lse(gpu_kernels, layout, causal, ba
         torch.testing.assert_close(o3, o2)
         torch.testing.assert_close(lse3, lse2)
 
+
+@pytest.mark.parametrize("nq,nk,causal,align", [(1, 5000, False, "bottom_right"), (1, 5000, True, "bottom_right"),
+                                                (7, 5000, False, "bottom_right"), (300, 5000, True, "top_left"),
+                                                (5000, 300, True, "top_left")])
+def test_short_queries_over_long_keys_take_cudnn(gpu_kernels, nq, nk, causal, align):
+    """Short queries over long keys (decode, chunked prefill): the kernel's quantization pass reads every key twice
+    for few queries, so the registry's rule sends the call to cuDNN (the shorter side within its limit); one query
+    at the bottom right sees every key (SDPA without a mask), and SDPA's own mask is top-left."""
+    q, k, v = inputs(B=2, Hq=8, Hkv=2, nq=nq, nk=nk, d=128, seed=nq + nk)
+    kw = dict(is_causal=causal, causal_alignment=align, return_lse=True)
+    choice = api.describe(q, k, v, **kw)
+    if choice.kind != "sdpa":
+        pytest.skip("no measured cuDNN rule for this GPU, or torch's SDPA cannot run the shape here")
+    o, lse = sagegen.attention(q, k, v, **kw)
+    ref, ref_lse = exact(q, k, v, causal=causal, causal_align=align)
+    assert rel_l1(o, ref) < 0.01 and (lse - ref_lse).abs().max() < 1e-3
+
 # --- the quantization kernels against the reference quantizers --------------------------------------------------
 @pytest.mark.parametrize("layout", ["HND", "NHD"])
 @pytest.mark.parametrize("dtype", [F16, BF16])

@@ -539,6 +539,15 @@ def test_sdpa_rule_for_gqa_follows_its_measurements(precision, d, causal, n, exp
     assert registry.choose(key, sdpa_ok=False).kind == "kernel"
 
 
+@pytest.mark.parametrize("nq,nk,expect_sdpa", [(1, 32768, True), (256, 32768, True), (2048, 1 << 20, True),
+                                               (4096, 32768, False), (32768, 4096, False), (32768, 2048, True)])
+def test_sdpa_rule_applies_to_the_shorter_side(nq, nk, expect_sdpa):
+    """Short queries over long keys go to cuDNN like short keys do (fast d=128 without GQA: up to 2k)."""
+    key = registry.make_key(arch="sm90a", dtype="bf16", out="bf16", d=128, causal=False, nq=nq, nk=nk,
+                            batch_heads=128, precision="fast")
+    assert (registry.choose(key, sdpa_ok=True).kind == "sdpa") == expect_sdpa
+
+
 def test_sdpa_rule_only_where_measured():
     for arch in ("sm80", "sm89", "sm120a"):
         key = registry.make_key(arch=arch, dtype="bf16", out="bf16", d=128, causal=False, nq=1024, nk=1024,
