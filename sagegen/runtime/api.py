@@ -15,10 +15,9 @@ dynamic shapes the lengths are bucketed through range guards, so a new length re
 new power-of-two bucket (the registry's granularity).
 
 SDPA fallback: when the registry's cuDNN rule or the autotuner says torch SDPA (flash or cuDNN) is faster than
-every sagegen variant for the key, and SDPA computes exactly what was asked here (output dtype = input dtype,
-causal only where the mask is SDPA's top-left one or none (see sdpa_eligible), and torch's own checks accept the
-shapes; GQA through SDPA's ``enable_gqa``, the LSE
-through the backend's own op), attention() calls that SDPA backend. The result is then exact bf16/fp16 attention:
+every sagegen variant for the key, and SDPA computes what was asked here (another output dtype by a cast; causal
+only where the mask is SDPA's top-left one or none, see sdpa_eligible; torch's own checks accept the shapes; GQA
+through SDPA's ``enable_gqa``, the LSE through the backend's own op), attention() calls that SDPA backend. The result is then exact bf16/fp16 attention:
 faster *and* more accurate than the quantized kernel. ``sdpa_fallback=False`` or ``SAGEGEN_FORCE_KERNEL=1``
 always run a sagegen kernel (tests, benchmarks). Under torch.compile the fallback calls the public
 ``F.scaled_dot_product_attention`` (torch picks the backend), or the chosen backend's op when an LSE is asked for.
@@ -41,6 +40,7 @@ from .registry import Choice
 LAYOUTS = ("HND", "NHD")
 ALIGNMENTS = ("top_left", "bottom_right")
 DTYPE_TAGS = {torch.float16: "f16", torch.bfloat16: "bf16"}
+TAG_DTYPES = {tag: dtype for dtype, tag in DTYPE_TAGS.items()}
 MAX_HEAD_DIM = 256  # attn_mma compiles d = 64, 128 and 256; attn_wgmma and attn_short 64 and 128
 MAX_PLANS = 4096
 DEVICE_TYPES = ("cuda", "meta")  # meta: shape inference only (fake kernels)
@@ -158,13 +158,13 @@ def inspect_inputs(q, k, v, *, is_causal=False, causal_alignment="bottom_right",
 
 # --- SDPA as a candidate ----------------------------------------------------------------------------------------
 def sdpa_eligible(shape: Shape, q=None, k=None, v=None) -> bool:
-    """Whether torch SDPA computes what was asked: same dtype out; causal only where the mask is SDPA's top-left one
+    """Whether torch SDPA computes what was asked (another output dtype: its output cast, a rounding far below the
+    kernel's quantization); causal only where the mask is SDPA's top-left one
     (top_left alignment, or Nq == Nk where both alignments agree) or no mask at all (bottom_right with one query:
     it sees every key). GQA (Hq a multiple of Hkv, as attention() requires) runs with SDPA's enable_gqa, an LSE
     through _sdpa_forward's backend ops (both: torch 2.5+, checked on the H100 with torch 2.11: BENCHMARKS.md,
     twelfth session)."""
-    return (shape.device.type != "meta" and shape.dtype == shape.out
-            and (not shape.causal or shape.offset == 0 or shape.nq == 1))
+    return shape.device.type != "meta" and (not shape.causal or shape.offset == 0 or shape.nq == 1)
 
 
 def _sdpa_causal(shape: Shape) -> bool:
@@ -191,10 +191,11 @@ def sdpa_supported(backend: str, shape: Shape, q, k, v) -> bool:
         return False
 
 
-def _sdpa_forward(q, k, v, backend, layout, causal, gqa, return_lse, scale):
+def _sdpa_forward(q, k, v, backend, layout, causal, gqa, return_lse, out_dtype, scale):
     """torch SDPA's ``backend`` ("flash", "cudnn", or "auto": the public entry point, torch chooses; not with an
-    LSE) on q, k, v in ``layout``. Both backend ops take fewer KV heads than query heads as they are (GQA), and
-    return the LSE ([B, Hq, Nq] fp32, natural log; cuDNN's has a trailing unit dim)."""
+    LSE) on q, k, v in ``layout``, the output cast to ``out_dtype`` where it differs from q's. Both backend ops take
+    fewer KV heads than query heads as they are (GQA), and return the LSE ([B, Hq, Nq] fp32, natural log; cuDNN's
+    has a trailing unit dim)."""
     qh, kh, vh = _hnd(q, layout), _hnd(k, layout), _hnd(v, layout)
     lse = None
     if backend == "flash":
@@ -211,6 +212,8 @@ def _sdpa_forward(q, k, v, backend, layout, causal, gqa, return_lse, scale):
         o = o.transpose(1, 2)
         if not o.is_contiguous():
             o = o.contiguous()
+    if o.dtype != out_dtype:
+        o = o.to(out_dtype)
     if not return_lse:
         return o
     lse = lse.reshape(qh.shape[:3])
@@ -263,7 +266,7 @@ class Plan:
         self.direct = None
         if choice.kind == "sdpa":
             self.args = (choice.backend, shape.layout, _sdpa_causal(shape), shape.Hq != shape.Hkv,
-                         shape.return_lse)
+                         shape.return_lse, TAG_DTYPES[shape.out])
             self.run = self._run_sdpa
         elif choice.spec.family == "attn_short":
             self.args = (choice.spec.name, shape.layout, shape.offset, shape.return_lse)
@@ -484,7 +487,7 @@ def _traced(q, k, v, is_causal, sm_scale, tensor_layout, return_lse, causal_alig
     if decision.startswith(registry.SDPA_PREFIX):  # the chosen backend's op when the LSE is asked for
         backend = decision[len(registry.SDPA_PREFIX):] if shape.return_lse else "auto"
         return _sdpa_forward(q, k, v, backend, shape.layout, _sdpa_causal(shape), shape.Hq != shape.Hkv,
-                             shape.return_lse, scale)
+                             shape.return_lse, TAG_DTYPES[shape.out], scale)
     _, variant_name, groups, v_mode = decision.split(":")
     if variant_name.startswith("attn_short_"):
         return _short_forward(q, k, v, scale, variant_name, shape.layout, shape.offset, shape.return_lse)

@@ -44,14 +44,14 @@ Heuristic (``heuristic``), used whenever nothing was measured for the key:
     d=256 "fast" up to 2k (4k causal), "accurate" up to 4k (8k causal)); with GQA (``SDPA_FASTER_GQA``, measured
     with 4 query heads per KV head, which quantize a quarter of the K and V) up to 2k keys, 4k causal (fast at
     d=128: 2k; balanced at d=64 causal: 8k), unless SDPA is not allowed (SAGEGEN_FORCE_KERNEL=1,
-    ``sdpa_fallback=False``) or cannot compute the call (another output dtype, bottom-right causal with
-    1 < Nq != Nk). The limits apply to min(Nq, Nk): short queries over long keys go to cuDNN too.
+    ``sdpa_fallback=False``) or cannot compute the call (bottom-right causal with 1 < Nq != Nk; another output
+    dtype is a cast of SDPA's). The limits apply to min(Nq, Nk): short queries over long keys go to cuDNN too.
     The result is then exact attention: never slower than cuDNN where it was measured, and more accurate.
 
 Autotuner (``autotune``, or ``SAGEGEN_AUTOTUNE=1`` which makes ``attention()`` tune each new key once): times
 every candidate end to end (quantization + kernel) with CUDA events (median of ``reps`` runs after ``warmup``), and
-torch SDPA's flash and cuDNN backends where they can compute the same thing (same dtype out, causal only with
-SDPA's top-left mask or none: api.sdpa_eligible). Results go to ``<cache root>/autotune.json`` (``$SAGEGEN_CACHE_DIR`` or
+torch SDPA's flash and cuDNN backends where they can compute the same thing (causal only with SDPA's top-left
+mask or none: api.sdpa_eligible). Results go to ``<cache root>/autotune.json`` (``$SAGEGEN_CACHE_DIR`` or
 ``~/.cache/sagegen``), per environment (GPU name, sagegen / torch / NVRTC versions, kernel fingerprint) and key,
 one timing per candidate: adding a candidate times only that one (``$SAGEGEN_AUTOTUNE_FILE`` names another file).
 Writes are atomic (temp file + rename) under a file lock and merge with what other processes wrote. A corrupt file

@@ -185,7 +185,7 @@ def test_sdpa_auto_path_runs_gqa_in_either_layout(layout, causal):
     """The traced SDPA route (torch picks the backend; here the CPU's math one) on GQA inputs: kv head h // group
     serves query head h, in the caller's layout, as attention() defines it."""
     q, k, v = (t.float() for t in inputs(Hq=6, Hkv=2, nq=40, nk=40, d=64, layout=layout))
-    o = api._sdpa_forward(q, k, v, "auto", layout, causal, True, False, 0.125)
+    o = api._sdpa_forward(q, k, v, "auto", layout, causal, True, False, q.dtype, 0.125)
     hnd = (lambda t: t) if layout == "HND" else (lambda t: t.transpose(1, 2))
     kk, vv = (hnd(t).repeat_interleave(3, dim=1) for t in (k, v))
     ref = torch.nn.functional.scaled_dot_product_attention(hnd(q), kk, vv, is_causal=causal, scale=0.125)
@@ -206,3 +206,11 @@ def test_sdpa_computes_causal_calls_only_with_its_own_mask(nq, nk, align, eligib
     assert api.sdpa_eligible(shape) == eligible
     if eligible:
         assert api._sdpa_causal(shape) == sdpa_causal
+
+
+def test_sdpa_route_casts_to_the_output_dtype():
+    q, k, v = (t.float() for t in inputs(Hq=2, Hkv=2, nq=20, nk=30, d=64))
+    o = api._sdpa_forward(q.to(BF16), k.to(BF16), v.to(BF16), "auto", "HND", False, False, False, F16, 0.125)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=0.125)
+    assert o.dtype == F16 and o.shape == q.shape
+    torch.testing.assert_close(o.float(), ref, rtol=0.02, atol=0.02)

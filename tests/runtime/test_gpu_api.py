@@ -389,7 +389,7 @@ def test_sdpa_route_runs_gqa_and_returns_the_lse(gpu_kernels, layout, causal, ba
     if not api.sdpa_supported(backend, shape, q, k, v):
         pytest.skip(f"torch's {backend} SDPA does not run this shape here")
     ref, ref_lse = exact(q, k, v, causal=causal, layout=layout)
-    o, lse = api._sdpa_forward(q, k, v, backend, layout, causal, True, True, 128 ** -0.5)
+    o, lse = api._sdpa_forward(q, k, v, backend, layout, causal, True, True, q.dtype, 128 ** -0.5)
     assert o.shape == q.shape and o.is_contiguous() and o.dtype == q.dtype
     assert lse.shape == (2, 8, 1000) and lse.dtype == torch.float32 and lse.is_contiguous()
     assert rel_l1(o, ref) < 0.01 and (lse - ref_lse).abs().max() < 1e-3
@@ -423,6 +423,16 @@ def test_short_queries_over_long_keys_take_cudnn(gpu_kernels, nq, nk, causal, al
     o, lse = sagegen.attention(q, k, v, **kw)
     ref, ref_lse = exact(q, k, v, causal=causal, causal_align=align)
     assert rel_l1(o, ref) < 0.01 and (lse - ref_lse).abs().max() < 1e-3
+
+
+@pytest.mark.parametrize("dtype,out_dtype", [(BF16, F16), (F16, BF16)])
+def test_sdpa_route_casts_to_another_output_dtype(gpu_kernels, dtype, out_dtype):
+    q, k, v = inputs(B=2, Hq=8, Hkv=8, nq=1000, nk=1000, d=128, dtype=dtype, seed=31)
+    if api.describe(q, k, v, out_dtype=out_dtype).kind != "sdpa":
+        pytest.skip("no measured cuDNN rule for this GPU, or torch's SDPA cannot run the shape here")
+    o = sagegen.attention(q, k, v, out_dtype=out_dtype)
+    ref, _ = exact(q, k, v)
+    assert o.dtype == out_dtype and o.shape == q.shape and rel_l1(o, ref) < 0.01
 
 # --- the quantization kernels against the reference quantizers --------------------------------------------------
 @pytest.mark.parametrize("layout", ["HND", "NHD"])

@@ -374,17 +374,18 @@ def test_no_tuning_during_capture(tuner, sagegen_cache_dir):
 
 
 def test_sdpa_is_not_a_candidate_where_it_computes_something_else(tuner):
-    for q, k, v, kw in [(*qkv(nq=128, nk=256), {"is_causal": True}),  # causal with Nq != Nk
-                        (*qkv(), {"out_dtype": F16})]:
+    for q, k, v, kw in [(*qkv(nq=128, nk=256), {"is_causal": True}),  # bottom-right causal, 1 < Nq != Nk
+                        (*qkv(nq=256, nk=128), {"is_causal": True})]:
         tuner["timed"].clear()
         registry.autotune(q, k, v, **kw)
         assert tuner["timed"] and not any(t.startswith("sdpa:") for t in tuner["timed"])
 
 
 def test_sdpa_is_a_candidate_for_gqa_and_the_lse(tuner):
-    """SDPA runs GQA (enable_gqa) and returns the LSE (its backend ops), so it is timed for those calls too."""
+    """SDPA runs GQA (enable_gqa), returns the LSE (its backend ops) and another output dtype (a cast), so it is
+    timed for those calls too."""
     for q, k, v, kw in [(*qkv(Hq=8, Hkv=4), {}), (*qkv(Hq=8, Hkv=1), {"is_causal": True}),
-                        (*qkv(), {"return_lse": True})]:
+                        (*qkv(), {"return_lse": True}), (*qkv(), {"out_dtype": F16})]:
         tuner["timed"].clear()
         registry.autotune(q, k, v, **kw)
         assert {"sdpa:flash", "sdpa:cudnn"} <= set(tuner["timed"]), kw
@@ -475,11 +476,14 @@ def test_sdpa_fallback_skipped_when_torch_cannot_run_the_exact_shape(tuner, fake
     assert not tuner.get("sdpa_calls") and fake_gpu.attn()
 
 
-def test_sdpa_fallback_not_used_for_another_out_dtype(tuner, fake_gpu):
+def test_sdpa_fallback_used_for_another_out_dtype(tuner, fake_gpu):
     q, k, v = qkv()
-    _sdpa_wins(q, k, v)
-    sagegen.attention(q, k, v, out_dtype=F16)
+    kkey = api.inspect_inputs(q, k, v, out_dtype=F16).key()
+    registry.record("test-gpu", {}, kkey, {registry.candidates(kkey)[0]: 100.0, "sdpa:cudnn": 50.0}, {})
+    sagegen.attention(q, k, v)  # bf16 out: another key, nothing stored, the kernel
     assert not tuner.get("sdpa_calls") and len(fake_gpu.attn()) == 1
+    sagegen.attention(q, k, v, out_dtype=F16)
+    assert tuner.get("sdpa_calls") == ["cudnn"] and len(fake_gpu.attn()) == 1
 
 
 @pytest.mark.parametrize("heads,kw", [((4, 4), {"return_lse": True}), ((8, 2), {}), ((8, 2), {"return_lse": True})])
