@@ -5,12 +5,12 @@ compact table last and writes JSON and a PNG bar chart.
 usage: python3 scripts/bench.py [--quick] [--n 1024 8192] [--d 128] [--causal 0 1] [--variants GLOB]
                                 [--gqa 4] [--out bench.json] [--png bench.png]
 
-TOPS = 4 * B * H * N^2 * d / time (halved when causal). B = 4, H = 32 query heads (32 / --gqa key/value heads), bf16
-in and out. Times are medians of
-triton.testing.do_bench (CUDA events when triton is missing). "kernel" times the attention kernel alone on inputs
-quantized once (attn_mma.Prepared + run_kernel, or attn_wgmma.quantize_for + run_kernel); "e2e" times sagegen.attention() with the SDPA fallback disabled
-(quantization + kernel + Python), running the registry's choice for the shape (heuristic, or the autotuner's with
-SAGEGEN_AUTOTUNE=1) and any --variants matches. The full sweep (d 64/128, causal off/on, N 1k..32k) takes a few
+TOPS = 4 * B * H * N^2 * d / time (halved when causal). B = 4, H = 32 query heads (32 / --gqa key/value heads),
+bf16 in and out. Times are medians of triton.testing.do_bench (CUDA events when triton is missing). "kernel" times
+the attention kernel alone on inputs quantized once (attn_mma.Prepared + run_kernel, or attn_wgmma.quantize_for +
+run_kernel); "e2e" times sagegen.attention() with the SDPA fallback disabled (quantization + kernel + Python),
+running the registry's choice for the shape (heuristic, or the autotuner's with SAGEGEN_AUTOTUNE=1) and any
+--variants matches; "default" times the plain call (the registry may run cuDNN). The full sweep (d 64/128, causal off/on, N 1k..32k) takes a few
 minutes on an H100.
 """
 from __future__ import annotations
@@ -312,7 +312,8 @@ def main(argv=None) -> int:
     out.write_text(json.dumps(result, indent=1))
     png = Path(args.png) if args.png else out.with_suffix(".png")
     try:
-        plot([r for r in rows if r.get("tops") and r["method"] in METHODS], png, f"{card}  {date}  B={B} H={H} KV={hkv} bf16")
+        plot([r for r in rows if r.get("tops") and r["method"] in METHODS], png,
+             f"{card}  {date}  B={B} H={H} KV={hkv} bf16")
         print(f"wrote {out} and {png}")
     except Exception as e:
         print(f"wrote {out}; no chart ({type(e).__name__}: {e})")

@@ -15,12 +15,13 @@ dynamic shapes the lengths are bucketed through range guards, so a new length re
 new power-of-two bucket (the registry's granularity).
 
 SDPA fallback: when the registry's cuDNN rule or the autotuner says torch SDPA (flash or cuDNN) is faster than
-every sagegen variant for the key, and SDPA computes what was asked here (another output dtype by a cast; causal
-only where the mask is SDPA's top-left one or none, see sdpa_eligible; torch's own checks accept the shapes; GQA
-through SDPA's ``enable_gqa``, the LSE through the backend's own op), attention() calls that SDPA backend. The result is then exact bf16/fp16 attention:
-faster *and* more accurate than the quantized kernel. ``sdpa_fallback=False`` or ``SAGEGEN_FORCE_KERNEL=1``
-always run a sagegen kernel (tests, benchmarks). Under torch.compile the fallback calls the public
-``F.scaled_dot_product_attention`` (torch picks the backend), or the chosen backend's op when an LSE is asked for.
+every sagegen variant for the key, and SDPA computes what was asked here (see sdpa_eligible: GQA through SDPA's
+``enable_gqa``, the LSE through the backend's own op, another output dtype by a cast, causal only where the mask
+is SDPA's top-left one or none; and torch's own checks accept the shapes), attention() calls that SDPA backend.
+The result is then exact bf16/fp16 attention: faster *and* more accurate than the quantized kernel.
+``sdpa_fallback=False`` or ``SAGEGEN_FORCE_KERNEL=1`` always run a sagegen kernel (tests, benchmarks). Under
+torch.compile the fallback calls the public ``F.scaled_dot_product_attention`` (torch picks the backend), or the
+chosen backend's op when an LSE is asked for.
 """
 from __future__ import annotations
 
@@ -158,12 +159,11 @@ def inspect_inputs(q, k, v, *, is_causal=False, causal_alignment="bottom_right",
 
 # --- SDPA as a candidate ----------------------------------------------------------------------------------------
 def sdpa_eligible(shape: Shape, q=None, k=None, v=None) -> bool:
-    """Whether torch SDPA computes what was asked (another output dtype: its output cast, a rounding far below the
-    kernel's quantization); causal only where the mask is SDPA's top-left one
-    (top_left alignment, or Nq == Nk where both alignments agree) or no mask at all (bottom_right with one query:
-    it sees every key). GQA (Hq a multiple of Hkv, as attention() requires) runs with SDPA's enable_gqa, an LSE
-    through _sdpa_forward's backend ops (both: torch 2.5+, checked on the H100 with torch 2.11: BENCHMARKS.md,
-    twelfth session)."""
+    """Whether torch SDPA computes what was asked. Causal only where the mask is SDPA's top-left one (top_left
+    alignment, or Nq == Nk where both alignments agree) or none at all (bottom_right with one query: it sees every
+    key). GQA (Hq a multiple of Hkv, as attention() requires) runs with SDPA's enable_gqa, an LSE through
+    _sdpa_forward's backend ops (both: torch 2.5+, checked on the H100 with torch 2.11: BENCHMARKS.md, twelfth
+    session); another output dtype is SDPA's output cast (a rounding far below the kernel's quantization error)."""
     return shape.device.type != "meta" and (not shape.causal or shape.offset == 0 or shape.nq == 1)
 
 
