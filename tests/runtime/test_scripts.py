@@ -201,3 +201,17 @@ def test_interference_kernels_run_what_their_names_say():
         assert pv == (mma in (2, 3)), name
         assert ("ex2.approx.ftz.f32" in body) == (alu in (1, 3, 4)), name
         assert ("ex2.approx.f16x2" in body) == (alu == 7), name
+
+
+def test_probes_compile(tmp_path):
+    """scripts/probes/: one-off GPU probes kept with their raw results (their README); they must stay valid Python
+    and name the raw output each one wrote."""
+    import py_compile
+
+    probes = Path(__file__).resolve().parents[2] / "scripts" / "probes"
+    readme = (probes / "README.md").read_text()
+    names = sorted(p.name for p in probes.glob("*.py"))
+    assert names
+    for name in names:
+        py_compile.compile(str(probes / name), doraise=True, cfile=str(tmp_path / (name + "c")))
+        assert f"`{name}`" in readme, name
