@@ -465,7 +465,7 @@ def sdpa_measured_faster(key: Key) -> bool:
     head dim, causality and length. The limits were measured with Nq = Nk; they apply to the shorter side, because
     the kernel's gain grows with Nq * Nk while its quantization pass grows with Nq and Nk: a grid with Nq != Nk (256
     to 8k queries over 1k to 32k keys, H100, BENCHMARKS.md twelfth session) has the kernel ahead only where both
-    sides exceed the limit, and 2-4x behind cuDNN for short queries over long keys."""
+    sides exceed the limit, and up to 5x behind cuDNN for short queries over long keys."""
     table = SDPA_FASTER_GQA if key.gqa > 1 else SDPA_FASTER
     limit = table.get((key.arch, key.precision), {}).get((key.d, key.causal))
     return limit is not None and min(key.nq, key.nk) <= limit
