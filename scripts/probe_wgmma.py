@@ -17,10 +17,14 @@ kernel header's hooks; the generator never sets them) and times it kernel-only o
   U8_PACK     P packed as INT8 P.V would pack it (FADD of 1.5 * 2^23, low bytes by PRMT) instead of F2FP e4m3:
               the P-side cost of an INT8 P.V kernel (the reference's pv="int8"); FP8 P.V variants only
   U8_PACK_F16 the same codes through f16x2 (1024 + x rounds x in f16): two F2FP + two HADD2 + one PRMT per four
+  NO_MERGE    the two-level merge o = o * alpha + tile freed (one FFMA per O element and block; O stays 0)
+  NO_BIAS     the score accumulator not re-seeded with the 1.5 * 2^23 bias before each Q.K^T (64 MOVs freed)
+  I2F_SCORES  FP8 P.V: raw int32 scores (the first k-step zeroes the accumulator, no seeding MOVs), the row max on
+              them, one I2FP per score before the FFMA; unmasked blocks only are right (masked keys are not -inf)
   U8_F2IP     INT8 P.V variants (pv=i8): P packed by cvt.rni + cvt.pack.sat (one F2IP per two values) instead of
               the shipped f16x2 path; a real attention, rounded once
-TRACE, SPLIT_LOOP, FLOAT_MAX, CHORD_EXP, U8_PACK, U8_PACK_F16 and U8_F2IP exist in the wgmma kernel only; the
-mma.sync kernel (attn_mma specs) has the other five.
+TRACE, SPLIT_LOOP, FLOAT_MAX, CHORD_EXP, U8_PACK, U8_PACK_F16, U8_F2IP, NO_MERGE, NO_BIAS and I2F_SCORES exist in
+the wgmma kernel only; the mma.sync kernel (attn_mma specs) has the other five.
 Probes combine with '+', e.g. NO_LOAD+NO_SOFTMAX is the MMA issue rate with nothing else in the way. Outputs are
 garbage under every probe but 'none', CHORD_EXP and U8_F2IP; only the times mean something. --exact prints
 each probe's rel-L1 against fp32 attention (torch SDPA on fp32 copies).
@@ -48,7 +52,8 @@ from sagegen.variants import spec_from_name  # noqa: E402
 
 DEFAULT_SPEC = "attn_wgmma_sm90a_qk_i8_pv_e4m3_o_bf16_d128_m128_n128_s3_ovl_free_rs_mma_qg_thread_kg_thread_full"
 PROBES = ("NO_EXP", "NO_MAX", "NO_SOFTMAX", "NO_MMA", "NO_LOAD", "TRACE", "SPLIT_LOOP", "FLOAT_MAX", "CHORD_EXP",
-          "U8_PACK", "U8_PACK_F16", "U8_F2IP")
+          "U8_PACK", "U8_PACK_F16", "U8_F2IP",
+          "NO_MERGE", "NO_BIAS", "I2F_SCORES")
 # the TRACE events (templates/attn_wgmma/kernel.cuh): phase i runs from event i to event i + 1
 PHASES = ("turn wait", "stage wait", "issue QK+PV", "QK wait", "softmax", "PV wait", "finish+pack")
 

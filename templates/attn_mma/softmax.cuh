@@ -77,7 +77,11 @@ __device__ __forceinline__ bool online_softmax(float (&s)[kMTiles][kNTiles][4], 
           m[2 * j] = __float_as_int(s[mt][j][2 * r]);
           m[2 * j + 1] = __float_as_int(s[mt][j][2 * r + 1]);
         }
+#ifdef SAGEGEN_PROBE_I2F_SCORES  // ablation probe (scripts/probe_wgmma.py): raw int32 scores, I2FP before the FFMA
+        row_max = float(max3_tree(m));
+#else
         row_max = __int_as_float(max3_tree(m));
+#endif
       } else
 #endif
       {
@@ -139,6 +143,12 @@ __device__ __forceinline__ bool online_softmax(float (&s)[kMTiles][kNTiles][4], 
 #endif
 #pragma unroll
       for (int j = 0; j < kNTiles; ++j) {
+#ifdef SAGEGEN_PROBE_I2F_SCORES
+        if constexpr (kOrderedBits) {
+          s[mt][j][2 * r] = float(__float_as_int(s[mt][j][2 * r]));
+          s[mt][j][2 * r + 1] = float(__float_as_int(s[mt][j][2 * r + 1]));
+        }
+#endif
         s[mt][j][2 * r] = exp2_approx(fmaf(s[mt][j][2 * r], scale[mt][r], neg_ref));
         s[mt][j][2 * r + 1] = exp2_approx(fmaf(s[mt][j][2 * r + 1], scale[mt][r], neg_ref));
         if constexpr (kRowSum) sum[j] = s[mt][j][2 * r] + s[mt][j][2 * r + 1];

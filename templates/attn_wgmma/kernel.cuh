@@ -269,14 +269,25 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
     if (j >= 1) SAGEGEN_TRACE(j - 1, 2);
     const uint64_t k_desc = desc_plus(k_desc0, s * C::kTileK);
 #pragma unroll
-    for (int i = 0; i < kNChunks * 4; ++i) s_acc[i] = kScoreBiasBits;  // floats without I2F (kScoreBias)
+    for (int i = 0; i < kNChunks * 4; ++i) {
+#if defined(SAGEGEN_PROBE_NO_BIAS) || defined(SAGEGEN_PROBE_I2F_SCORES)  // probes: no seeding MOV (an empty asm
+                                                                        // defines the register)
+      asm volatile("" : "=r"(s_acc[i]));
+#else
+      s_acc[i] = kScoreBiasBits;  // floats without I2F (kScoreBias)
+#endif
+    }
     wg::fence_operands(s_acc);
     Mma::begin();
 #ifndef SAGEGEN_PROBE_NO_MMA  // ablation probe: no MMA issued; the pipeline and the softmax run on constants
 #pragma unroll
     for (int kk = 0; kk < C::kD / 32; ++kk)
       Mma::template qk<C::kBlockN>(desc_plus(q_desc, C::qk_step_bytes(kk)), desc_plus(k_desc, C::qk_step_bytes(kk)),
+#if defined(SAGEGEN_PROBE_NO_BIAS) || defined(SAGEGEN_PROBE_I2F_SCORES)  // the first k-step zeroes the accumulator
+                                   s_acc, kk > 0);
+#else
                                    s_acc, true);
+#endif
 #endif
     Mma::commit();
   };
@@ -300,7 +311,11 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
     const float scales[1][2] = {{scale, scale}};
     // e4m3: slack 0, the reference max moves on every increase, so 448 p stays within e4m3's range.
     return attn::online_softmax<1, kNChunks, C::kSlack, !C::kMmaRowSum, /*kOrderedBits=*/true>(
+#ifdef SAGEGEN_PROBE_I2F_SCORES  // ablation probe: raw int32 scores, converted by I2FP in the softmax
+        reinterpret_cast<float(&)[1][kNChunks][4]>(sc), scales, rows, a, 0.f, C::kLog2PGain);
+#else
         reinterpret_cast<float(&)[1][kNChunks][4]>(sc), scales, rows, a, kScoreBias, C::kLog2PGain);
+#endif
   };
   auto pack_p = [&]() {
 #pragma unroll
@@ -364,6 +379,9 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
   // the denormals x * 2^-149, exactly: no conversion instruction (FFMA handles denormal operands in hardware;
   // fma_keep_denormals keeps them whatever the compile flags).
   auto merge_pv = [&](const float (&a)[1][2], int half) {
+#ifdef SAGEGEN_PROBE_NO_MERGE  // ablation probe: the two-level merge's FFMA per O element freed (O never updated)
+    return;
+#endif
 #pragma unroll
     for (int i = 0; i < C::kPvCols / 2; ++i) {
       float& out = o[half * (C::kPvCols / 2) + i];
