@@ -111,7 +111,8 @@ __device__ __forceinline__ bool online_softmax(float (&s)[kMTiles][kNTiles][4], 
   for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      const bool up = block_max[mt][r] > st[mt].max[r] + float(kSlack);
+      // (kSlack = 0 compares with the max itself: max + 0.f is an FADD, since it is not an identity for -0)
+      const bool up = block_max[mt][r] > (kSlack == 0 ? st[mt].max[r] : st[mt].max[r] + float(kSlack));
       // A row with every key masked so far has max = -inf: alpha = exp2(-inf) = 0 clears its (empty) state.
       alpha[mt][r] = up ? exp2_approx(st[mt].max[r] - block_max[mt][r]) : 1.f;
       st[mt].max[r] = up ? block_max[mt][r] : st[mt].max[r];

@@ -77,6 +77,12 @@ struct Config {
 #else
   static constexpr bool kSplitMaskLoop = true;
 #endif
+  // Each block's K scale from a pointer stepped by whole blocks, or its index recomputed from the lane: the same
+  // load, but ptxas schedules and allocates the loops differently. Thirteenth session (NVIDIA H100, one call,
+  // three alternations, kernel TOPS at 8k/16k/32k): stepped wins in the two-halves loops of FP8 P.V at d=64
+  // (605/626/645 -> 655/676/688) and INT8 P.V (897/910/921 -> 934/934/948); recomputed wins by 1-3% for FP8 P.V
+  // at d=128, causal or not, and FP16 P.V at d=128 (e.g. 793 -> 820 at 32k).
+  static constexpr bool kKScaleStepped = kSplitMaskLoop && !PvF16;
   static constexpr int kQTile = QTile, kQSub = QSub, kKTile = KTile, kKSub = KSub;
   // The Q/K image (quant_layout.qk_image_offset): 8-row groups of 8 * D bytes, made of 64-byte (D = 64) or 128-byte
   // swizzled rows; D = 256 puts its two 128-channel halves in side-by-side 1024-byte atoms. A k-step (32 channels)
@@ -252,6 +258,11 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
   // Block j's K scale (this thread's group), loaded when its Q.K^T is issued: the global load's latency (an L2
   // hit, hundreds of cycles) then hides under the MMA instead of stalling the softmax that needs it.
   float k_scale = 0.f;
+  // Its address (Config::kKScaleStepped): a pointer stepped by whole blocks (K's scale groups tile the key
+  // blocks), or the group index recomputed from the lane.
+  static_assert(C::kBlockN % C::kKTile == 0, "K scale groups must tile the key blocks");
+  constexpr int kKScaleStep = C::kBlockN / C::kKTile * C::kKSub;
+  const float* const k_scale0 = p.k_scale + bhk * k_groups + attn::scale_group(2 * tq, C::kKTile, C::kKSub);
 #ifdef SAGEGEN_PROBE_TRACE  // ablation probe: clock64 at 8 points of each overlapped iteration, lane 0 of each
   // warpgroup's first warp, head 0 of batch 0, into the LSE buffer (u64 [CTA][warpgroup][block][8]; no LSE then)
   unsigned long long* trace = (b == 0 && h == 0 && tid == 0 && p.lse != nullptr)
@@ -263,7 +274,10 @@ __device__ __forceinline__ void consume(const Params& p, const Smem& sm, int cw,
 #define SAGEGEN_TRACE(j, e) do {} while (0)
 #endif
   auto issue_qk = [&](int j) {  // S = bias + Q.K^T (s32) for block j, once its stage has landed
-    k_scale = p.k_scale[bhk * k_groups + attn::scale_group(j * C::kBlockN + 2 * tq, C::kKTile, C::kKSub)];
+    if constexpr (C::kKScaleStepped)
+      k_scale = k_scale0[j * kKScaleStep];
+    else
+      k_scale = p.k_scale[bhk * k_groups + attn::scale_group(j * C::kBlockN + 2 * tq, C::kKTile, C::kKSub)];
     const int s = stage_of(j);
     sm90::mbar_wait(&sm.full[s], (j / C::kStages) & 1);
     if (j >= 1) SAGEGEN_TRACE(j - 1, 2);
@@ -584,7 +598,9 @@ __device__ __forceinline__ void attn_fwd(const Params& p) {
   }
   __syncthreads();  // the last CTA-wide barrier: the producer warpgroup leaves early
 
-  const int wg = threadIdx.x / 128;
+  // Warp-uniform by construction; through a shuffle from lane 0 the compiler knows it, so the per-warpgroup Q
+  // descriptor lives in uniform registers and each k-step's descriptor is one uniform add.
+  const int wg = __shfl_sync(0xffffffffu, threadIdx.x / 128, 0);
   if (wg == 0) {
     sm90::regs_release<C::kProducerRegs>();
     if (threadIdx.x == 0) produce<C>(p, sm, bh, bhk, m0, nb);
