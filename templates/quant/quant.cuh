@@ -84,9 +84,14 @@ struct QkvArgs {
   float* qk_bias;                    // optional [B, Hq, nq]: q . mean(k), to restore the LSE after smoothing
 };
 
-__device__ __forceinline__ int scale_index(int row, int tile, int sub) {
-  return (row / tile) * sub + (row % 8) / (8 / sub);
-}
+// The scale group of a row (quant_layout.ScaleGroups.index) from shift counts: tile divides 128 and sub is 1, 4 or
+// 8 (ScaleGroups checks both), so both are powers of two. With the runtime divisions instead, each of a thread's
+// 16 calls per chunk cost three integer-division sequences.
+struct ScaleShifts {
+  int tile, sub;  // log2(tile), log2(sub)
+  __device__ __forceinline__ ScaleShifts(int tile_, int sub_) : tile(__ffs(tile_) - 1), sub(__ffs(sub_) - 1) {}
+  __device__ __forceinline__ int index(int row) const { return ((row >> tile) << sub) + ((row & 7) >> (3 - sub)); }
+};
 
 // Combines the stats pass's per-split partials of one channel (stride D apart) in split order with op. The loads
 // go out in predicated batches of kBatch before any is used, with no remainder loop: these L2 round trips sit
@@ -170,6 +175,7 @@ __device__ void quantize_int8_chunk(const QkvArgs& a, const Tensor4& x, int H, i
   const int bh = chunk_id / chunks, chunk = chunk_id % chunks, b = bh / H, h = bh % H;
   const int cv = threadIdx.x % M::kVecPerRow, r0 = threadIdx.x / M::kVecPerRow, ch = cv * 8;
   const int groups = kChunk / tile * sub;
+  const ScaleShifts shifts(tile, sub);
   for (int g = threadIdx.x; g < groups; g += kThreads) group_amax[g] = 0.f;
 
   // Issue the chunk's loads first: the K-mean partials below (L2 hits) then overlap their latency.
@@ -205,14 +211,14 @@ __device__ void quantize_int8_chunk(const QkvArgs& a, const Tensor4& x, int H, i
       dot = row_sum<D>(dot);
       if (cv == 0 && row < n) a.qk_bias[(long long)bh * n + row] = dot;
     }
-    if (cv == 0) atomic_max_nonneg(&group_amax[scale_index(lrow, tile, sub)], amax);
+    if (cv == 0) atomic_max_nonneg(&group_amax[shifts.index(lrow)], amax);
   }
   __syncthreads();
   const long long row_base = (long long)bh * n_pad + chunk * kChunk;
 #pragma unroll
   for (int p = 0; p < kPasses; ++p) {
     const int lrow = r0 + p * M::kRowsPerPass, row = chunk * kChunk + lrow;
-    const float amax = group_amax[scale_index(lrow, tile, sub)];
+    const float amax = group_amax[shifts.index(lrow)];
     const float inv = int8_inverse(amax);  // NaN amax -> NaN values
     float f[8];
     unpack8<T>(raw[p], f);
