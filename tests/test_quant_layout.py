@@ -45,6 +45,23 @@ def test_bad_scale_groups_are_rejected(tile, sub):
         ScaleGroups(tile, sub)
 
 
+def test_every_accepted_scale_group_indexes_by_shifts():
+    """The quantization kernel computes ScaleGroups.index with shifts (templates/quant/quant.cuh, ScaleShifts): every
+    tile and sub the class accepts must be a power of two, and the shift form must give the same index."""
+    accepted = 0
+    for tile in range(1, 2 * N_ALIGN + 1):
+        for sub in range(1, 9):
+            try:
+                g = ScaleGroups(tile, sub)
+            except ValueError:
+                continue
+            accepted += 1
+            lt, ls = tile.bit_length() - 1, sub.bit_length() - 1
+            assert tile == 1 << lt and sub == 1 << ls
+            assert all(g.index(r) == ((r >> lt) << ls) + ((r & 7) >> (3 - ls)) for r in range(2 * N_ALIGN))
+    assert accepted == 5 * 3  # tiles 8..128, subs 1, 4, 8
+
+
 # --- operand images ----------------------------------------------------------------------------------------------
 def test_v_key_position_swaps_the_a_and_t_bits_of_a_key():
     assert [v_key_position(k) for k in (0, 1, 2, 8, 9, 31, 127)] == [0, 1, 4, 2, 3, 31, 127]
